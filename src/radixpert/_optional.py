@@ -1,0 +1,64 @@
+"""Optional dependencies in one place: availability checks without importing, and clear errors.
+
+`missing(...)` uses `importlib.util.find_spec`, so checking what can run (for
+`radixpert evaluate --list`) imports no torch and no model code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+# import name -> (pip requirement, the extra that carries it)
+PACKAGES: dict[str, tuple[str, str]] = {
+    "torch": ("torch==2.13.0", "metrics"),
+    "transformers": ("transformers", "metrics"),
+    "huggingface_hub": ("huggingface_hub", "metrics"),
+    "bert_score": ("bert-score==0.3.13", "metrics"),
+    "radgraph": ("radgraph==0.1.18", "metrics"),
+    "RaTEScore": ("RaTEScore==0.6.0", "metrics"),
+    "medspacy": ("medspacy", "metrics"),
+    "pycocoevalcap": ("pycocoevalcap==1.2", "coco"),
+    "sklearn": ("scikit-learn", "metrics"),
+    "pandas": ("pandas", "metrics"),
+}
+
+
+class MissingDependency(ImportError):
+    """An optional package (or program) needed by the code at hand is not installed."""
+
+
+def missing(*modules: str) -> list[str]:
+    """The subset of `modules` that cannot be imported here (checked without importing)."""
+    out = []
+    for m in modules:
+        try:
+            found = importlib.util.find_spec(m) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            out.append(m)
+    return out
+
+
+def install_hint(modules: list[str]) -> str:
+    reqs = [PACKAGES.get(m, (m, ""))[0] for m in modules]
+    extras = sorted({PACKAGES[m][1] for m in modules if m in PACKAGES and PACKAGES[m][1]})
+    hint = f"pip install {' '.join(reqs)}"
+    if extras:
+        hint += f"  (or: pip install 'radixpert[{','.join(extras)}]')"
+    return hint
+
+
+def require(*modules: str, purpose: str) -> None:
+    """Raise MissingDependency naming the packages and the install command, if any is absent."""
+    absent = missing(*modules)
+    if absent:
+        raise MissingDependency(
+            f"{purpose} needs {', '.join(absent)}, which is not installed: {install_hint(absent)}"
+        )
+
+
+def java() -> str | None:
+    """Path of the `java` executable, or None."""
+    return shutil.which("java")
