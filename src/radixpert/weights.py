@@ -108,9 +108,7 @@ def missing_files(name: str, folder: Path | None = None) -> list[str]:
     """Files of model `name` that are absent from `folder` (default: its local folder)."""
     spec = REGISTRY[name]
     folder = folder or local_dir(name)
-    return [
-        f for f in spec.files if not any((folder / alt).is_file() for alt in f.split("|"))
-    ]
+    return [f for f in spec.files if not any((folder / alt).is_file() for alt in f.split("|"))]
 
 
 def status(name: str, folder: Path | None = None) -> str | None:

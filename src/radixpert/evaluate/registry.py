@@ -29,45 +29,85 @@ _J = "radixpert.evaluate.judges"
 
 REGISTRY: dict[str, Entry] = {
     # --- lexical, no model -------------------------------------------------------------
-    "bleu": Entry(f"{_L}.bleu:CorpusBleu", "lexical",
-                  "corpus BLEU-1..4 as pycocoevalcap computes it (closest reference length)"),
-    "bleu-2-radcliq": Entry(f"{_L}.sentence_bleu:RadCliQBleu2", "lexical",
-                            "per-report BLEU-2 of RadCliQ/ReXrank (lower-case, '.' split off, "
-                            "space split, NLTK method1 smoothing), averaged"),
+    "bleu": Entry(
+        f"{_L}.bleu:CorpusBleu",
+        "lexical",
+        "corpus BLEU-1..4 as pycocoevalcap computes it (closest reference length)",
+    ),
+    "bleu-2-radcliq": Entry(
+        f"{_L}.sentence_bleu:RadCliQBleu2",
+        "lexical",
+        "per-report BLEU-2 of RadCliQ/ReXrank (lower-case, '.' split off, "
+        "space split, NLTK method1 smoothing), averaged",
+    ),
     "rouge-l": Entry(f"{_L}.rouge:RougeL", "lexical", "ROUGE-L F (beta 1.2) as pycocoevalcap"),
-    "cider-d": Entry(f"{_L}.cider:CiderD", "lexical",
-                     "CIDEr-D (sigma 6, x10, clipped, length penalty) as pycocoevalcap"),
-    "meteor": Entry(f"{_L}.meteor:Meteor15", "lexical",
-                    "METEOR 1.5, the Java jar shipped in pycocoevalcap (needs Java)"),
+    "cider-d": Entry(
+        f"{_L}.cider:CiderD",
+        "lexical",
+        "CIDEr-D (sigma 6, x10, clipped, length penalty) as pycocoevalcap",
+    ),
+    "meteor": Entry(
+        f"{_L}.meteor:Meteor15",
+        "lexical",
+        "METEOR 1.5, the Java jar shipped in pycocoevalcap (needs Java)",
+    ),
     # --- clinical, rule-based, no model ------------------------------------------------
-    "f1-chexpert": Entry(f"{_C}.f1_chexpert:F1CheXpert", "clinical-rules",
-                         "F1 over the 14 / 5 CheXpert observations from radixpert's rule-based "
-                         "labeler (not CheXbert); micro and macro"),
+    "f1-chexpert": Entry(
+        f"{_C}.f1_chexpert:F1CheXpert",
+        "clinical-rules",
+        "F1 over the 14 / 5 CheXpert observations from radixpert's rule-based "
+        "labeler (not CheXbert); micro and macro",
+    ),
     # --- model-based (weights needed) --------------------------------------------------
-    "bertscore": Entry(f"{_S}.bertscore:BertScore", "model",
-                       "BERTScore F1, distilroberta-base layer 5, baseline-rescaled, idf off "
-                       "(ReXrank / RadCliQ)"),
-    "bertscore-idf": Entry(f"{_S}.bertscore:BertScore", "model",
-                           "BERTScore F1 with idf weights from the references (RadEval)",
-                           kwargs={"idf": True}, variant_of="bertscore"),
-    "chexbert": Entry(f"{_C}.chexbert:CheXbertF1", "model",
-                      "F1-CheXbert-14 / -5 (micro, macro) from the CheXbert labeler"),
-    "semb-score": Entry(f"{_C}.chexbert:SembScore", "model",
-                        "SembScore: cosine of CheXbert [CLS] embeddings"),
-    "radgraph-f1": Entry(f"{_C}.radgraph:RadGraphF1", "model",
-                         "RadGraph-F1 'combined' = (entity F1 + relation F1)/2 of the original "
-                         "RadGraph model (as RadCliQ)"),
-    "radgraph-xl-partial": Entry(f"{_C}.radgraph:RadGraphF1", "model",
-                                 "RadGraph-XL F1, partial reward (radgraph package)",
-                                 kwargs={"model_type": "radgraph-xl", "reward_level": "partial"},
-                                 variant_of="radgraph-f1"),
-    "radcliq-v1": Entry(f"{_C}.radcliq:RadCliQV1", "model",
-                        "RadCliQ-v1 composite of RadGraph-F1, BERTScore, SembScore, BLEU-2; "
-                        "raw per report (lower is better), shown as 1/mean"),
-    "ratescore": Entry(f"{_C}.ratescore:RaTEScoreMetric", "model",
-                       "RaTEScore (RaTE-NER-DeBERTa entities + BioLORD embeddings)"),
-    "green": Entry(f"{_J}.green:Green", "judge",
-                   "GREEN: GREEN-RadLlama2-7b counts clinically significant errors"),
+    "bertscore": Entry(
+        f"{_S}.bertscore:BertScore",
+        "model",
+        "BERTScore F1, distilroberta-base layer 5, baseline-rescaled, idf off (ReXrank / RadCliQ)",
+    ),
+    "bertscore-idf": Entry(
+        f"{_S}.bertscore:BertScore",
+        "model",
+        "BERTScore F1 with idf weights from the references (RadEval)",
+        kwargs={"idf": True},
+        variant_of="bertscore",
+    ),
+    "chexbert": Entry(
+        f"{_C}.chexbert:CheXbertF1",
+        "model",
+        "F1-CheXbert-14 / -5 (micro, macro) from the CheXbert labeler",
+    ),
+    "semb-score": Entry(
+        f"{_C}.chexbert:SembScore", "model", "SembScore: cosine of CheXbert [CLS] embeddings"
+    ),
+    "radgraph-f1": Entry(
+        f"{_C}.radgraph:RadGraphF1",
+        "model",
+        "RadGraph-F1 'combined' = (entity F1 + relation F1)/2 of the original "
+        "RadGraph model (as RadCliQ)",
+    ),
+    "radgraph-xl-partial": Entry(
+        f"{_C}.radgraph:RadGraphF1",
+        "model",
+        "RadGraph-XL F1, partial reward (radgraph package)",
+        kwargs={"model_type": "radgraph-xl", "reward_level": "partial"},
+        variant_of="radgraph-f1",
+    ),
+    "radcliq-v1": Entry(
+        f"{_C}.radcliq:RadCliQV1",
+        "model",
+        "RadCliQ-v1 composite of RadGraph-F1, BERTScore, SembScore, BLEU-2; "
+        "raw per report (lower is better), shown as 1/mean",
+    ),
+    "ratescore": Entry(
+        f"{_C}.ratescore:RaTEScoreMetric",
+        "model",
+        "RaTEScore (RaTE-NER-DeBERTa entities + BioLORD embeddings)",
+    ),
+    "green": Entry(
+        f"{_J}.green:Green",
+        "judge",
+        "GREEN: GREEN-RadLlama2-7b counts clinically significant errors",
+    ),
 }
 
 # What `radixpert evaluate` runs when --metrics is not given: everything that needs no weights.
@@ -76,8 +116,15 @@ DEFAULT = ("bleu", "bleu-2-radcliq", "rouge-l", "cider-d", "meteor", "f1-chexper
 GROUPS: dict[str, tuple[str, ...]] = {
     "lexical": ("bleu", "bleu-2-radcliq", "rouge-l", "cider-d", "meteor"),
     "default": DEFAULT,
-    "rexrank": ("bleu-2-radcliq", "bertscore", "semb-score", "radgraph-f1", "radcliq-v1",
-                "ratescore", "green"),
+    "rexrank": (
+        "bleu-2-radcliq",
+        "bertscore",
+        "semb-score",
+        "radgraph-f1",
+        "radcliq-v1",
+        "ratescore",
+        "green",
+    ),
     "all": tuple(REGISTRY),
 }
 

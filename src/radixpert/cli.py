@@ -1,0 +1,247 @@
+"""The `radixpert` console script: one subcommand per stage.
+
+    radixpert evaluate --references refs.json --candidates preds.json --out results.json
+    radixpert evaluate --list
+    radixpert label reports.csv --out labels.csv
+    radixpert models list | pull NAME
+
+Subcommands import their stage lazily, so `radixpert --help` loads no torch and no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score candidate reports against references with the standard report metrics",
+        description=(
+            "Score candidate reports against reference reports, matched by id. Inputs: "
+            "ReXrank-style JSON ({id: report} or records with id and report, or "
+            "findings/impression), JSONL, or CSV with id and report columns."
+        ),
+    )
+    p.add_argument("--references", "-r", help="reference reports (.json, .jsonl, .csv)")
+    p.add_argument("--candidates", "-c", help="candidate (model) reports, same layouts")
+    p.add_argument(
+        "--metrics",
+        "-m",
+        nargs="+",
+        default=None,
+        help="metric names or groups (lexical, default, rexrank, all); default: the metrics "
+        "that need no model weights. See --list.",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list metrics, variants and whether each can run here (and if not, why)",
+    )
+    p.add_argument("--out", "-o", help="results JSON (written atomically)")
+    p.add_argument("--per-sample", help="per-sample scores, CSV or .jsonl (one row per id)")
+    p.add_argument(
+        "--section",
+        default="auto",
+        choices=["auto", "report", "findings", "impression", "findings+impression"],
+        help="which text to score when records have sections (default: the report "
+        "field, else findings + impression)",
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="score the common ids when some ids are on one side only",
+    )
+    p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--tokenizer",
+        default="basic",
+        choices=["basic", "ptb", "none"],
+        help="tokenisation for BLEU/ROUGE-L/CIDEr-D/METEOR: basic (Python, "
+        "PTB-like), ptb (pycocoevalcap's Java PTBTokenizer), none (split on spaces)",
+    )
+    p.add_argument("--device", default=None, help="torch device for model-based metrics")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="batch size for model-based metrics"
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not read or write the per-text cache of model outputs",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _list_metrics() -> int:
+    from radixpert.evaluate import registry
+
+    rows = [("metric", "family", "runs here", "what")]
+    notes = []
+    for name, entry in registry.REGISTRY.items():
+        try:
+            reason = registry.create(name).check()
+        except Exception as e:  # an import failure is itself the reason
+            reason = f"cannot load: {type(e).__name__}: {e}"
+        label = name if entry.variant_of is None else f"  {name} (variant of {entry.variant_of})"
+        rows.append((label, entry.family, "yes" if reason is None else "no", entry.summary))
+        if reason:
+            notes.append(f"{name}: {reason}")
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    print(
+        "\ngroups: "
+        + "; ".join(f"{g} = {' '.join(v)}" for g, v in registry.GROUPS.items() if g != "all")
+    )
+    if notes:
+        print("\nwhy not:")
+        for n in notes:
+            print(f"  {n}")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list_metrics()
+    if not args.references or not args.candidates:
+        print(
+            "radixpert evaluate: --references and --candidates are required (or --list)",
+            file=sys.stderr,
+        )
+        return 2
+    from radixpert.evaluate import registry
+    from radixpert.evaluate.runner import (
+        EvaluationOptions,
+        evaluate,
+        format_table,
+        write_per_sample,
+        write_results,
+    )
+
+    metric_options = {"tokenizer": args.tokenizer, "use_cache": not args.no_cache}
+    if args.device:
+        metric_options["device"] = args.device
+    if args.batch_size:
+        metric_options["batch_size"] = args.batch_size
+    opts = EvaluationOptions(
+        metrics=args.metrics or list(registry.DEFAULT),
+        section=args.section,
+        allow_missing=args.allow_missing,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        metric_options=metric_options,
+        explicit=args.metrics is not None and not set(args.metrics) & set(registry.GROUPS),
+    )
+    results = evaluate(
+        args.references, args.candidates, opts, progress=None if args.quiet else sys.stderr
+    )
+    print(format_table(results))
+    if args.out:
+        write_results(results, args.out)
+        print(f"\nresults: {args.out}")
+    if args.per_sample:
+        write_per_sample(results, args.per_sample)
+        print(f"per-sample scores: {args.per_sample}")
+    return 0
+
+
+def _label_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "label",
+        help="CheXpert-style labels from report text (rule-based; not CheXbert)",
+        description="Label each report with the 14 CheXpert observations using radixpert's "
+        "rule-based labeler: 1 positive, 0 negative, -1 uncertain, blank not mentioned.",
+    )
+    p.add_argument("reports", help="reports file (.csv, .json, .jsonl with id and report)")
+    p.add_argument("--out", "-o", required=True, help="labels CSV (CheXpert layout)")
+    p.add_argument(
+        "--section",
+        default="auto",
+        choices=["auto", "report", "findings", "impression", "findings+impression"],
+    )
+    p.set_defaults(func=_run_label)
+
+
+def _run_label(args: argparse.Namespace) -> int:
+    from radixpert.evaluate.clinical.chexpert_rules import label_reports, write_label_csv
+    from radixpert.evaluate.io import read_reports
+
+    reports = read_reports(args.reports, args.section)
+    ids = list(reports.texts)
+    labels = label_reports([reports.texts[i] for i in ids])
+    write_label_csv(ids, labels, args.out)
+    print(f"labelled {len(ids)} reports -> {args.out}")
+    return 0
+
+
+def _models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list or fetch the model weights metrics need",
+        description="Weights live in $RADIXPERT_HOME/models/<name>.",
+    )
+    msub = p.add_subparsers(dest="models_cmd", required=True)
+    msub.add_parser("list", help="known weights and whether they are present")
+    pull = msub.add_parser("pull", help="download weights (needs the network)")
+    pull.add_argument("names", nargs="+", help="model names (see `radixpert models list`)")
+    pull.add_argument("--force", action="store_true", help="download again")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from radixpert import weights
+
+    if args.models_cmd == "list":
+        for name, spec in weights.REGISTRY.items():
+            reason = weights.status(name)
+            state = "present" if reason is None else "absent"
+            print(f"{name:22s} {state:8s} {spec.repo_id:36s} used by: {spec.used_by}")
+            print(f"{'':22s} {weights.local_dir(name)}")
+        return 0
+    for name in args.names:
+        path = weights.pull(name, force=args.force)
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from radixpert import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="radixpert",
+        description="Radiology vision-language models: datasets, training, inference and "
+        "the standard report metrics. Everything runs locally.",
+    )
+    parser.add_argument("--version", action="version", version=f"radixpert {__version__}")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _evaluate_parser(sub)
+    _label_parser(sub)
+    _models_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from radixpert.evaluate.base import MetricUnavailable
+    from radixpert.evaluate.io import InputError
+
+    try:
+        return args.func(args)
+    except (InputError, MetricUnavailable, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"radixpert {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Input layouts, pairing by id and the bad-input messages of `radixpert evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from radixpert.evaluate.io import InputError, atomic_write, pair_reports, read_reports
+
+
+def write(tmp_path, name, content):
+    p = tmp_path / name
+    if isinstance(content, bytes):
+        p.write_bytes(content)
+    else:
+        p.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    return p
+
+
+def test_layouts_agree(tmp_path):
+    mapping = write(tmp_path, "a.json", {"s1": "No effusion.", "s2": "Cardiomegaly."})
+    nested = write(
+        tmp_path,
+        "b.json",
+        {"s1": {"report": "No effusion."}, "s2": {"findings": "Cardiomegaly.", "impression": ""}},
+    )
+    records = write(
+        tmp_path,
+        "c.json",
+        [
+            {"study_id": "s1", "findings": "No effusion."},
+            {"study_id": "s2", "findings": "Cardiomegaly."},
+        ],
+    )
+    jsonl = write(
+        tmp_path,
+        "d.jsonl",
+        '{"id": "s1", "report": "No effusion."}\n\n{"id": "s2", "report": "Cardiomegaly."}\n',
+    )
+    csvf = write(tmp_path, "e.csv", 'id,report\ns1,No effusion.\ns2,"Cardiomegaly."\n')
+    texts = [read_reports(p).texts for p in (mapping, nested, records, jsonl, csvf)]
+    assert all(t == {"s1": "No effusion.", "s2": "Cardiomegaly."} for t in texts)
+
+
+def test_sections(tmp_path):
+    p = write(tmp_path, "r.json", [{"id": 1, "findings": "Lungs clear.", "impression": "Normal."}])
+    assert read_reports(p).texts == {"1": "Lungs clear. Normal."}
+    assert read_reports(p, "findings").texts == {"1": "Lungs clear."}
+    assert read_reports(p, "impression").texts == {"1": "Normal."}
+    with pytest.raises(InputError, match=r"r\.json: id 1: no report field"):
+        read_reports(p, "report")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("x.json", "[1, 2]", r"x\.json: record 0: expected an object"),
+        ("x.json", '{"a": 3}', r"x\.json: id 'a': expected a report text or an object"),
+        ("x.json", "{not json", r"x\.json: not valid JSON"),
+        ("x.json", '[{"report": "a"}]', r"x\.json: record 0: no id field"),
+        ("x.json", '[{"id": "a", "report": 5}]', r"x\.json: id 'a': field 'report' must be text"),
+        ("x.jsonl", '{"id": "a", "report": "x"}\n[1]\n', r"x\.jsonl: line 2: expected an object"),
+        ("x.csv", "name,report\na,b\n", r"x\.csv: no id column"),
+        ("x.csv", "id,report\na,b,c\n", r"x\.csv: line 2, id 'a': more fields"),
+        ("x.txt", "hello", r"x\.txt: unknown extension"),
+        ("x.json", '{"a": "x", "b": {"id": 1}}', r"x\.json: id 'b': no report text"),
+        ("x.json", "[]", r"x\.json: no records"),
+    ],
+)
+def test_malformed_files_name_file_and_record(tmp_path, name, content, message):
+    with pytest.raises(InputError, match=message):
+        read_reports(write(tmp_path, name, content))
+
+
+def test_duplicate_ids(tmp_path):
+    p = write(tmp_path, "d.jsonl", '{"id": "a", "report": "x"}\n{"id": "a", "report": "y"}\n')
+    with pytest.raises(InputError, match=r"d\.jsonl: 1 duplicate id\(s\), e\.g\. 'a'"):
+        read_reports(p)
+
+
+def test_non_utf8_names_line_and_id(tmp_path):
+    p = write(tmp_path, "bad.csv", b"id,report\ns1,fine\ns2,caf\xe9 effusion\n")
+    with pytest.raises(
+        InputError,
+        match=r"bad\.csv: line 3, record id 's2': bytes that are not "
+        "UTF-8",
+    ):
+        read_reports(p)
+    p = write(tmp_path, "bad.jsonl", b'{"id": "k9", "report": "\xff"}\n')
+    with pytest.raises(InputError, match=r"line 1, record id 'k9'"):
+        read_reports(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_reports(tmp_path / "nope.json")
+
+
+def _pair(tmp_path, refs, cands, **kw):
+    return pair_reports(
+        read_reports(write(tmp_path, "r.json", refs)),
+        read_reports(write(tmp_path, "c.json", cands)),
+        **kw,
+    )
+
+
+def test_pairing_by_id_and_missing_ids(tmp_path):
+    refs = {"a": "No effusion.", "b": "Edema.", "c": "Clear."}
+    cands = {"c": "Clear lungs.", "a": "Small effusion.", "z": "Other."}
+    with pytest.raises(
+        InputError,
+        match=r"1 id\(s\) only in the references .*'b'.*1 id\(s\) "
+        r"only in the candidates .*'z'.*--allow-missing",
+    ):
+        _pair(tmp_path, refs, cands)
+    pairs = _pair(tmp_path, refs, cands, allow_missing=True)
+    assert pairs.ids == ["a", "c"]
+    assert pairs.candidates == ["Small effusion.", "Clear lungs."]
+    assert (pairs.only_references, pairs.only_candidates) == (["b"], ["z"])
+
+
+def test_empty_candidates_are_counted_not_dropped(tmp_path):
+    pairs = _pair(tmp_path, {"a": "No effusion.", "b": "Edema."}, {"a": "", "b": "Edema x."})
+    assert pairs.ids == ["a", "b"] and pairs.empty_candidates == ["a"]
+
+
+def test_empty_reference_is_an_error(tmp_path):
+    with pytest.raises(InputError, match=r"r\.json: 1 empty reference report\(s\), e\.g\. 'a'"):
+        _pair(tmp_path, {"a": " ", "b": "Edema."}, {"a": "x", "b": "y"})
+
+
+def test_references_passed_as_candidates(tmp_path):
+    refs = {"a": "No effusion.", "b": "Edema."}
+    with pytest.raises(InputError, match="was the references file passed as --candidates"):
+        _pair(tmp_path, refs, dict(refs))
+    p = write(tmp_path, "same.json", refs)
+    with pytest.raises(InputError, match="references file passed"):
+        pair_reports(read_reports(p), read_reports(p))
+
+
+def test_no_common_ids(tmp_path):
+    with pytest.raises(InputError, match="no id in common"):
+        _pair(tmp_path, {"a": "x"}, {"b": "y"})
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out" / "results.json"
+    with atomic_write(target) as f:
+        f.write("first")
+    with pytest.raises(RuntimeError), atomic_write(target) as f:
+        f.write("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "first"
+    assert [p.name for p in target.parent.iterdir()] == ["results.json"]

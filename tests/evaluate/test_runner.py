@@ -1,0 +1,182 @@
+"""The evaluate runner and CLI end to end, with a test metric registered for the purpose."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from radixpert.cli import main
+from radixpert.evaluate import registry
+from radixpert.evaluate.base import Metric, MetricResult
+from radixpert.evaluate.registry import Entry
+
+
+class WordOverlap(Metric):
+    """Per-sample Jaccard of word sets; a corpus companion; an inverse-displayed companion."""
+
+    name = "word-overlap"
+    requires = ()
+
+    def __init__(self, fail: str | None = None):
+        self.fail = fail
+
+    def check(self):
+        return self.fail
+
+    def compute(self, references, candidates):
+        s = [
+            len(set(r.split()) & set(c.split())) / max(1, len(set(r.split()) | set(c.split())))
+            for r, c in zip(references, candidates)
+        ]
+        hits = np.array(
+            [len(set(r.split()) & set(c.split())) for r, c in zip(references, candidates)]
+        )
+        sizes = np.array([max(1, len(set(c.split()))) for c in candidates])
+        corpus = MetricResult(
+            "word-overlap-corpus",
+            hits.sum() / sizes.sum(),
+            list(hits / sizes),
+            corpus_fn=lambda idx: float(hits[idx].sum() / sizes[idx].sum()),
+        )
+        inv = MetricResult(
+            "inverse-thing",
+            float(np.mean(s)) - 0.5,
+            [x - 0.5 for x in s],
+            higher_is_better=False,
+            display_transform="inverse",
+        )
+        m = float(np.mean(s)) - 0.5
+        inv.display = 1 / m if m > 0 else None
+        return MetricResult(
+            self.name, float(np.mean(s)), s, settings={"split": "spaces"}, extra=[corpus, inv]
+        )
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    monkeypatch.setitem(
+        registry.REGISTRY, "word-overlap", Entry(f"{__name__}:WordOverlap", "test", "test metric")
+    )
+    monkeypatch.setitem(
+        registry.REGISTRY,
+        "never-runs",
+        Entry(
+            f"{__name__}:WordOverlap", "test", "unavailable", kwargs={"fail": "needs weights 'x'"}
+        ),
+    )
+    monkeypatch.setitem(registry.GROUPS, "toy", ("word-overlap", "never-runs"))
+
+
+@pytest.fixture
+def files(tmp_path):
+    refs = [
+        {"id": f"s{i}", "findings": f"no pleural effusion case {i}", "impression": "normal"}
+        for i in range(40)
+    ]
+    cands = {f"s{i}": ("" if i == 3 else f"small pleural effusion case {i % 7}") for i in range(40)}
+    r, c = tmp_path / "refs.json", tmp_path / "cands.json"
+    r.write_text(json.dumps(refs))
+    c.write_text(json.dumps(cands))
+    return r, c
+
+
+def test_evaluate_writes_results_and_per_sample(toy_registry, files, tmp_path, capsys):
+    r, c = files
+    out, ps = tmp_path / "res" / "results.json", tmp_path / "res" / "ps.csv"
+    assert (
+        main(
+            [
+                "evaluate",
+                "-r",
+                str(r),
+                "-c",
+                str(c),
+                "-m",
+                "toy",
+                "--out",
+                str(out),
+                "--per-sample",
+                str(ps),
+                "--bootstrap",
+                "200",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr()
+    assert "word-overlap" in printed.out and "skipped never-runs: needs weights 'x'" in printed.out
+    assert "[1/2] word-overlap on 40 pairs" in printed.err
+    res = json.loads(out.read_text())
+    assert res["pairs"] == 40 and res["ids"][:2] == ["s0", "s1"]
+    assert res["empty_candidates"] == {"count": 1, "ids": ["s3"]}
+    assert res["skipped_metrics"] == {"never-runs": "needs weights 'x'"}
+    m = res["metrics"]["word-overlap"]
+    assert m["per_sample"][3] == 0.0 and len(m["per_sample"]) == 40
+    assert m["aggregate"] == pytest.approx(np.mean(m["per_sample"]))
+    assert m["ci95_normal"]["low"] < m["aggregate"] < m["ci95_normal"]["high"]
+    assert m["ci95_bootstrap"]["resamples"] == 200 and m["ci95_bootstrap"]["seed"] == 3
+    assert m["settings"] == {"split": "spaces"}
+    corpus = res["metrics"]["word-overlap-corpus"]
+    assert corpus["ci95_normal"]["method"].startswith("normal (bootstrap SE")
+    assert (
+        corpus["ci95_bootstrap"]["low"] <= corpus["aggregate"] <= corpus["ci95_bootstrap"]["high"]
+    )
+    assert res["inputs"]["references"]["records"] == 40
+    rows = list(csv.DictReader(ps.open()))
+    assert len(rows) == 40 and set(rows[0]) == {
+        "id",
+        "word-overlap",
+        "word-overlap-corpus",
+        "inverse-thing",
+    }
+
+
+def test_inverse_display_refuses_non_positive_mean(toy_registry, files, capsys):
+    r, c = files
+    main(["evaluate", "-r", str(r), "-c", str(c), "-m", "word-overlap", "--bootstrap", "50"])
+    out = capsys.readouterr().out
+    # the test metric's raw mean is below 0: the inverse must not be shown as a number
+    assert re.search(r"1/inverse-thing +undefined \(mean <= 0\)", out)
+
+
+def test_explicit_unavailable_metric_is_an_error(toy_registry, files, capsys):
+    r, c = files
+    assert main(["evaluate", "-r", str(r), "-c", str(c), "-m", "never-runs"]) == 2
+    assert "never-runs: needs weights 'x'" in capsys.readouterr().err
+
+
+def test_unknown_metric(files, capsys):
+    r, c = files
+    assert main(["evaluate", "-r", str(r), "-c", str(c), "-m", "bleurt"]) == 2
+    assert "unknown metric 'bleurt'" in capsys.readouterr().err
+
+
+def test_input_errors_exit_2_with_the_file_named(tmp_path, files, capsys):
+    r, _ = files
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1]")
+    assert main(["evaluate", "-r", str(r), "-c", str(bad)]) == 2
+    assert "bad.json: record 0" in capsys.readouterr().err
+
+
+def test_import_and_help_load_no_torch():
+    code = (
+        "import sys, radixpert, radixpert.cli;"
+        "from radixpert.cli import build_parser;"
+        "build_parser().format_help();"
+        "bad = [m for m in ('torch', 'transformers', 'bert_score', 'radgraph') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    help_run = subprocess.run(
+        [sys.executable, "-m", "radixpert.cli", "--help"], capture_output=True, text=True
+    )
+    assert help_run.returncode == 0 and "evaluate" in help_run.stdout
