@@ -42,7 +42,7 @@ def test_bootstrap_is_seeded_and_paired():
 def test_bootstrap_interval_covers_mean_and_matches_normal_roughly():
     x = np.random.default_rng(2).normal(0.4, 0.2, size=2000)
     iv = percentile_interval(bootstrap_replicates(x, 500, seed=0))
-    mean, se, ci = normal_ci(x)
+    mean, _se, ci = normal_ci(x)
     assert iv.low < mean < iv.high
     # the two intervals estimate the same thing: widths within 20 %
     assert abs((iv.high - iv.low) - (ci.high - ci.low)) < 0.2 * (ci.high - ci.low)

@@ -65,8 +65,9 @@ class TextCache:
         db = self._conn()
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
             rows = db.execute(
-                f"SELECT key, value FROM kv WHERE scope = ? AND key IN ({','.join('?' * len(chunk))})",
+                f"SELECT key, value FROM kv WHERE scope = ? AND key IN ({marks})",
                 [self.scope, *chunk],
             ).fetchall()
             for k, v in rows:

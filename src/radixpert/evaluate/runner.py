@@ -257,4 +257,4 @@ def format_table(results: dict[str, Any]) -> str:
         foot.append(f"{results['empty_candidates']['count']} empty candidates scored as given")
     for name, why in results["skipped_metrics"].items():
         foot.append(f"skipped {name}: {why}")
-    return "\n".join(lines + [""] + foot)
+    return "\n".join([*lines, "", *foot])
