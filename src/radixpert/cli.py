@@ -123,7 +123,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         write_results,
     )
 
-    metric_options = {"tokenizer": args.tokenizer, "use_cache": not args.no_cache}
+    metric_options = {"tokenizer": args.tokenizer, "cache": not args.no_cache}
     if args.device:
         metric_options["device"] = args.device
     if args.batch_size:
