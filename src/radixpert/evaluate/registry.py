@@ -163,7 +163,9 @@ def create(name: str, **options: Any) -> Metric:
     import inspect
 
     cls = load_class(name)
-    params = inspect.signature(cls.__init__).parameters
+    # A metric without its own __init__ inherits object's (*args, **kwargs): it takes nothing.
+    own_init = cls.__init__ is not object.__init__
+    params = inspect.signature(cls.__init__).parameters if own_init else {}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = dict(REGISTRY[name].kwargs)
     kwargs.update({k: v for k, v in options.items() if takes_any or k in params})
