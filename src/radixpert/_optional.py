@@ -21,6 +21,8 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "pycocoevalcap": ("pycocoevalcap==1.2", "coco"),
     "sklearn": ("scikit-learn", "metrics"),
     "pandas": ("pandas", "metrics"),
+    "sentencepiece": ("sentencepiece", "metrics"),
+    "google.protobuf": ("protobuf", "metrics"),
 }
 
 

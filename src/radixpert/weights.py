@@ -90,10 +90,22 @@ REGISTRY: dict[str, WeightSpec] = {
     ),
     "green-radllama2-7b": WeightSpec(
         "StanfordAIMI/GREEN-RadLlama2-7b",
-        (*_HF_MODEL_FILES,),
+        (
+            "config.json",
+            "model.safetensors.index.json|model.safetensors",
+            "tokenizer.model|tokenizer.json",
+            "tokenizer_config.json",
+        ),
         allow_patterns=("*.json", "*.model", "*.safetensors"),
         used_by="green",
-        note="about 13.5 GB; a GPU is strongly advised",
+        note="about 13.5 GB in shards; a GPU is strongly advised",
+    ),
+    "biomedbert-base-uncased": WeightSpec(
+        "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext",
+        ("config.json", "vocab.txt"),
+        allow_patterns=("config.json", "vocab.txt", "tokenizer_config.json"),
+        used_by="radgraph-f1, radgraph-xl-partial, radcliq-v1 (tokenizer and configuration "
+        "of the DyGIE++ backbone)",
     ),
 }
 
