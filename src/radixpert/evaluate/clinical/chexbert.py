@@ -44,7 +44,7 @@ from radixpert.evaluate.base import (
     mean,
     package_versions,
 )
-from radixpert.evaluate.cache import TextCache
+from radixpert.evaluate.cache import TextCache, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,6 @@ CACHE_VERSION = 1  # bump when the computation of a cached value changes
 _POSITION_IDS = "bert.embeddings.position_ids"
 
 _WS = re.compile(r"\s+")
-_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def clean_report(text: str) -> str:
@@ -98,19 +97,6 @@ def labels_to_values(classes: Sequence[int]) -> dict[str, int | None]:
     if len(classes) != len(CONDITIONS):
         raise ValueError(f"expected {len(CONDITIONS)} head outputs, got {len(classes)}")
     return {name: CLASS_VALUES[int(c)] for name, c in zip(CONDITIONS, classes)}
-
-
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) for the life of the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
 
 
 @functools.cache
@@ -226,10 +212,10 @@ class CheXbertEncoder:
         """What the outputs depend on; also the cache scope."""
         return {
             "model": "CheXbert (Smit et al. 2020), bert-base-uncased backbone",
-            "checkpoint_sha256": _file_sha256(self.checkpoint),
+            "checkpoint_sha256": file_sha256(self.checkpoint),
             "backbone_files_sha256": hashlib.sha256(
                 "|".join(
-                    _file_sha256(self.bert_dir / f) for f in ("config.json", "vocab.txt")
+                    file_sha256(self.bert_dir / f) for f in ("config.json", "vocab.txt")
                 ).encode()
             ).hexdigest()[:16],
             "max_tokens": MAX_TOKENS,

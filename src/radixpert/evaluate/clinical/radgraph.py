@@ -32,7 +32,6 @@ tokenizers that package loads, and to no other object (see `_patch_radgraph_toke
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -48,7 +47,7 @@ from typing import Any
 
 from radixpert import weights
 from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions
-from radixpert.evaluate.cache import TextCache
+from radixpert.evaluate.cache import TextCache, file_sha256
 from radixpert.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,6 @@ BACKBONE_IDS = {
 }
 CACHE_VERSION = 1  # bump when the content of a cached annotation changes
 _MARKER = ".radixpert-extracted.json"
-_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 Annotation = dict[str, Any]
 
@@ -125,19 +123,6 @@ def rewards(reference: Annotation, candidate: Annotation) -> tuple[float, float,
 # -- archive and backbone -----------------------------------------------------------------
 
 
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) for the life of the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
-
-
 def _read_marker(model_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((model_dir / _MARKER).read_text())
@@ -172,7 +157,7 @@ def extract_archive(archive: Path, model_type: str) -> tuple[Path, dict[str, Any
     marker = _read_marker(sibling / model_type)
     if marker and (marker.get("size"), marker.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
         return sibling, marker
-    sha = _file_sha256(archive)
+    sha = file_sha256(archive)
     fallback = cache_dir("radgraph") / sha[:16]
     marker = _read_marker(fallback / model_type)
     if marker and marker.get("sha256") == sha:
@@ -441,7 +426,7 @@ class RadGraphF1(Metric):
                 "backbone_source": backbone_label,
                 # The tokenizer decides the tokens that the model sees; a local vocabulary
                 # is hashed into the cache scope, a hub cache entry is named by its id.
-                "backbone_vocab_sha256": _file_sha256(vocab)[:16] if vocab.is_file() else None,
+                "backbone_vocab_sha256": file_sha256(vocab)[:16] if vocab.is_file() else None,
             }
         return self._prepared
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from radixpert import weights
 from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions
-from radixpert.evaluate.cache import TextCache
+from radixpert.evaluate.cache import TextCache, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ EMBEDDING_WEIGHTS = "biolord-2023-c"
 MATRICES = ("long", "short")
 NO_ENTITY_SCORE = 0.5  # RaTEScore.compute_score: "if the length of gt or pred is 0"
 CACHE_VERSION = 1  # bump when the content of a cached NER result changes
-_DIGESTS: dict[tuple[str, int, int], str] = {}
 _MODEL_FILES = (
     "config.json",
     "model.safetensors",
@@ -64,22 +63,9 @@ _MODEL_FILES = (
 )
 
 
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) for the life of the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
-
-
 def folder_fingerprint(folder: Path) -> str:
     """One hash over the files of a model folder that decide its outputs."""
-    parts = [f"{n}:{_file_sha256(folder / n)}" for n in _MODEL_FILES if (folder / n).is_file()]
+    parts = [f"{n}:{file_sha256(folder / n)}" for n in _MODEL_FILES if (folder / n).is_file()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -192,7 +178,7 @@ class RaTEScoreMetric(Metric):
         if matrix.lower() in MATRICES:
             matrix_label = f"{matrix.lower()} (RaTEScore DEFAULT_MATRIX_{matrix.upper()})"
         else:
-            matrix_label = f"{Path(matrix).name} sha256 {_file_sha256(Path(matrix))[:16]}"
+            matrix_label = f"{Path(matrix).name} sha256 {file_sha256(Path(matrix))[:16]}"
         return {
             "ner_model": ner.name,
             "ner_weights_sha256": folder_fingerprint(ner),

@@ -56,7 +56,7 @@ from radixpert.evaluate.base import (
     mean,
     package_versions,
 )
-from radixpert.evaluate.cache import TextCache
+from radixpert.evaluate.cache import TextCache, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +66,11 @@ MAX_TOKENS = 512  # distilroberta-base's limit (514 positions, offset by the pad
 CACHE_VERSION = 1  # bump when the computation of a cached value changes
 
 _SPACES = re.compile(r" +")
-_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def collapse_spaces(text: str) -> str:
     """Collapse runs of spaces to one, as CXR-Report-Metric does before BERTScore."""
     return _SPACES.sub(" ", text)
-
-
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) for the life of the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
 
 
 def _weights_fingerprint(folder: Path) -> str:
@@ -93,7 +79,7 @@ def _weights_fingerprint(folder: Path) -> str:
     if not (folder / weights_file).is_file():
         weights_file = "pytorch_model.bin"
     names = (weights_file, "config.json", "vocab.json", "merges.txt")
-    parts = [f"{n}:{_file_sha256(folder / n)}" for n in names]
+    parts = [f"{n}:{file_sha256(folder / n)}" for n in names]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
