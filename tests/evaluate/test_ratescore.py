@@ -20,6 +20,7 @@ pytest.importorskip("medspacy")
 from radixpert.evaluate import registry
 from radixpert.evaluate.base import MetricUnavailable
 from radixpert.evaluate.clinical import ratescore as rs
+from tests.evaluate.tiny_models import WORDS
 
 NER_LABELS = [
     "B-ABNORMALITY",
@@ -33,34 +34,6 @@ NER_LABELS = [
     "B-ANATOMY",
     "I-ANATOMY",
     "O",
-]
-WORDS = [
-    "no",
-    "acute",
-    "cardiopulmonary",
-    "process",
-    "pleural",
-    "effusion",
-    "left",
-    "right",
-    "lung",
-    "lungs",
-    "clear",
-    "heart",
-    "size",
-    "normal",
-    "opacity",
-    "base",
-    "bases",
-    "small",
-    "mild",
-    "edema",
-    "is",
-    "are",
-    "there",
-    "a",
-    "the",
-    "of",
 ]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 

@@ -67,27 +67,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from radixpert.evaluate.clinical.label_f1 import OBSERVATIONS_14
+
 log = logging.getLogger(__name__)
 
 LABELER_VERSION = "1.0"
 LABELER_NAME = f"radixpert rule-based CheXpert-style labeler v{LABELER_VERSION} (not CheXbert)"
 
-OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+# The 14 observations in CheXpert's column order; one definition shared with the F1 scoring.
+OBSERVATIONS: tuple[str, ...] = OBSERVATIONS_14
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 
