@@ -180,3 +180,30 @@ def test_import_and_help_load_no_torch():
         [sys.executable, "-m", "radixpert.cli", "--help"], capture_output=True, text=True
     )
     assert help_run.returncode == 0 and "evaluate" in help_run.stdout
+
+
+def test_long_reports_are_named(toy_registry, tmp_path, capsys):
+    long = " ".join(["no pleural effusion"] * 300)
+    r, c = tmp_path / "r.json", tmp_path / "c.json"
+    r.write_text(json.dumps({"a": long, "b": "edema"}))
+    c.write_text(json.dumps({"a": "effusion", "b": "mild edema"}))
+    out = tmp_path / "res.json"
+    assert main(["evaluate", "-r", str(r), "-c", str(c), "-m", "word-overlap", "-o", str(out)]) == 0
+    assert "1 pair(s) with a report over 512 words (e.g. a)" in capsys.readouterr().err
+    assert json.loads(out.read_text())["long_reports"]["ids"] == ["a"]
+
+
+def test_shipped_example_end_to_end(tmp_path, capsys):
+    from importlib.resources import files
+
+    ex = files("radixpert") / "examples"
+    out, ps = tmp_path / "results.json", tmp_path / "per_sample.csv"
+    metrics = ["bleu", "bleu-2-radcliq", "rouge-l", "cider-d", "f1-chexpert"]
+    args = ["evaluate", "-r", str(ex / "references.json"), "-c", str(ex / "candidates.json")]
+    assert main([*args, "-m", *metrics, "-o", str(out), "--per-sample", str(ps)]) == 0
+    table = capsys.readouterr().out
+    for name in ("bleu-4", "rouge-l", "cider-d", "f1-chexpert-5-micro"):
+        assert re.search(rf"^{name} +\d\.\d{{4}} +\[", table, re.M), name
+    res = json.loads(out.read_text())
+    assert res["pairs"] == 100 and len(res["metrics"]) == 15
+    assert len(ps.read_text().splitlines()) == 101

@@ -151,6 +151,13 @@ def evaluate(
         for i, r, c in zip(pairs.ids, pairs.references, pairs.candidates)
         if max(len(r.split()), len(c.split())) > LONG_REPORT_WORDS
     ]
+    if long_ids:
+        _progress(
+            progress,
+            f"note: {len(long_ids)} pair(s) with a report over {LONG_REPORT_WORDS} words "
+            f"(e.g. {', '.join(long_ids[:3])}); lexical metrics score them whole, "
+            "model-based metrics see their first 512 tokens",
+        )
     metrics, skipped = run_metrics(pairs, opts, progress)
     return {
         "radixpert_version": radixpert.__version__,
