@@ -108,6 +108,16 @@ def mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
+def resolve_device(device: str | None) -> str:
+    """The torch device for a model-based metric: `device` as given, or with None/"auto"
+    "cuda" when a GPU is visible, else "cpu"."""
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def package_versions(*dists: str) -> dict[str, str]:
     """Installed versions of the given distributions ("absent" when not installed)."""
     from importlib.metadata import PackageNotFoundError, version

@@ -43,6 +43,7 @@ from radixpert.evaluate.base import (
     MetricUnavailable,
     mean,
     package_versions,
+    resolve_device,
 )
 from radixpert.evaluate.cache import TextCache, file_sha256
 
@@ -171,14 +172,6 @@ class Encoded:
     cls: np.ndarray
 
 
-def _device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class CheXbertEncoder:
     """CheXbert loaded once; labels and [CLS] vectors per text, cached.
 
@@ -232,7 +225,7 @@ class CheXbertEncoder:
         self._tokenizer = BertTokenizer.from_pretrained(str(self.bert_dir))
         model = build_labeler(BertConfig.from_pretrained(str(self.bert_dir)))
         load_checkpoint(model, self.checkpoint)
-        self._device = _device(self.device)
+        self._device = resolve_device(self.device)
         self._model = model.to(self._device).eval()
         log.info("CheXbert loaded from %s on %s", self.checkpoint, self._device)
 

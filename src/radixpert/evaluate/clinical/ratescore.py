@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from radixpert import weights
-from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions
+from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions, resolve_device
 from radixpert.evaluate.cache import TextCache, file_sha256
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,6 @@ def folder_fingerprint(folder: Path) -> str:
     """One hash over the files of a model folder that decide its outputs."""
     parts = [f"{n}:{file_sha256(folder / n)}" for n in _MODEL_FILES if (folder / n).is_file()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def resolve_device(device: str | None) -> str:
-    """ "cuda" when asked for or, with None/"auto", when available; else "cpu"."""
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _quiet_pyrush() -> None:

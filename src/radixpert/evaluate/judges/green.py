@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from radixpert import weights
-from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions
+from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions, resolve_device
 from radixpert.evaluate.cache import TextCache
 
 log = logging.getLogger(__name__)
@@ -282,15 +282,6 @@ def tokenizer_options(folder: Path) -> dict[str, Any]:
         "add_eos_token": True,
         "legacy": True if legacy is None else bool(legacy),
     }
-
-
-def resolve_device(device: str | None) -> str:
-    """ "cuda" when asked for or, with None/"auto", when available; else "cpu"."""
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class Green(Metric):

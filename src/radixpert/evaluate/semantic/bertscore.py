@@ -55,6 +55,7 @@ from radixpert.evaluate.base import (
     MetricUnavailable,
     mean,
     package_versions,
+    resolve_device,
 )
 from radixpert.evaluate.cache import TextCache, file_sha256
 
@@ -104,15 +105,6 @@ def read_baseline(path: Path, num_layers: int) -> tuple[float, float, float]:
     if int(row["LAYER"]) != num_layers:
         raise ValueError(f"{path}: row {num_layers} is layer {row['LAYER']}")
     return float(row["P"]), float(row["R"]), float(row["F"])
-
-
-def resolve_device(device: str | None) -> str:
-    """ "cuda" when asked for or, with None/"auto", when available; else "cpu"."""
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class BertScore(Metric):
