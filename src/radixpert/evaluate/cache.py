@@ -38,6 +38,12 @@ def file_sha256(path: Path) -> str:
     return _DIGESTS[key]
 
 
+def files_fingerprint(folder: Path, names: Iterable[str]) -> str:
+    """One short hash over those of `names` that exist in `folder` (name and content)."""
+    parts = [f"{n}:{file_sha256(folder / n)}" for n in names if (folder / n).is_file()]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 class TextCache:
     """A small SQLite store: (namespace, settings, text hash) -> JSON value.
 

@@ -34,7 +34,6 @@ tokenizer.json, so no sentencepiece is needed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -43,7 +42,7 @@ from typing import Any
 
 from radixpert import weights
 from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions, resolve_device
-from radixpert.evaluate.cache import TextCache, file_sha256
+from radixpert.evaluate.cache import TextCache, file_sha256, files_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +64,7 @@ _MODEL_FILES = (
 
 def folder_fingerprint(folder: Path) -> str:
     """One hash over the files of a model folder that decide its outputs."""
-    parts = [f"{n}:{file_sha256(folder / n)}" for n in _MODEL_FILES if (folder / n).is_file()]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return files_fingerprint(folder, _MODEL_FILES)
 
 
 def _quiet_pyrush() -> None:

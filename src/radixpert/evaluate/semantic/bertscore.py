@@ -37,7 +37,6 @@ definition; use idf off (the RadCliQ / ReXrank setting) to compare single report
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import json
 import logging
@@ -57,7 +56,7 @@ from radixpert.evaluate.base import (
     package_versions,
     resolve_device,
 )
-from radixpert.evaluate.cache import TextCache, file_sha256
+from radixpert.evaluate.cache import TextCache, files_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +78,7 @@ def _weights_fingerprint(folder: Path) -> str:
     weights_file = "model.safetensors"  # what transformers reads when both are present
     if not (folder / weights_file).is_file():
         weights_file = "pytorch_model.bin"
-    names = (weights_file, "config.json", "vocab.json", "merges.txt")
-    parts = [f"{n}:{file_sha256(folder / n)}" for n in names]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return files_fingerprint(folder, (weights_file, "config.json", "vocab.json", "merges.txt"))
 
 
 def baseline_file() -> Path:
