@@ -128,6 +128,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         metric_options["device"] = args.device
     if args.batch_size:
         metric_options["batch_size"] = args.batch_size
+    if not args.quiet:  # the model-based metrics' cache and device notes
+        logging.getLogger("radixpert").setLevel(logging.INFO)
     opts = EvaluationOptions(
         metrics=args.metrics or list(registry.DEFAULT),
         section=args.section,

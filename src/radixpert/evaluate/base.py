@@ -108,6 +108,51 @@ def mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
+_SHOW_PROGRESS = False
+
+
+def show_progress(on: bool) -> None:
+    """Turn the progress bars of long metric computations on or off (the runner does)."""
+    global _SHOW_PROGRESS
+    _SHOW_PROGRESS = on
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+
+def progress(total: int, desc: str, unit: str = "texts") -> Any:
+    """A progress bar (tqdm, on stderr) for a model-based metric's batches.
+
+    Use as `with progress(n, "chexbert") as bar: ... bar.update(len(batch))`. Shown only
+    when the runner turned progress on and there is work to do; otherwise a no-op.
+    """
+    if not _SHOW_PROGRESS or total <= 0:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    import sys
+
+    return tqdm(
+        total=total,
+        desc=f"  {desc}",
+        unit=unit,
+        file=sys.stderr,
+        mininterval=1.0,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
 def resolve_device(device: str | None) -> str:
     """The torch device for a model-based metric: `device` as given, or with None/"auto"
     "cuda" when a GPU is visible, else "cpu"."""

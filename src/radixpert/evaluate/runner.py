@@ -23,7 +23,7 @@ import numpy as np
 
 import radixpert
 from radixpert.evaluate import registry
-from radixpert.evaluate.base import MetricResult, MetricUnavailable
+from radixpert.evaluate.base import MetricResult, MetricUnavailable, show_progress
 from radixpert.evaluate.io import Pairs, atomic_write, pair_reports, read_reports
 from radixpert.evaluate.stats import (
     bootstrap_replicates,
@@ -96,6 +96,7 @@ def run_metrics(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Run each metric on the pairs; returns (metrics entries, skipped name -> reason)."""
     names = registry.expand(opts.metrics)
+    show_progress(progress is not None)
     out: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     for k, name in enumerate(names, 1):

@@ -43,6 +43,7 @@ from radixpert.evaluate.base import (
     MetricUnavailable,
     mean,
     package_versions,
+    progress,
     resolve_device,
 )
 from radixpert.evaluate.cache import TextCache, file_sha256
@@ -262,9 +263,10 @@ class CheXbertEncoder:
         order = sorted(texts, key=lambda t: len(ids[t]))  # batches of similar length
         pad = self._tokenizer.pad_token_id
         out: dict[str, dict[str, Any]] = {}
-        with torch.no_grad():
+        with torch.no_grad(), progress(len(order), "chexbert") as bar:
             for i in range(0, len(order), self.batch_size):
                 batch = order[i : i + self.batch_size]
+                bar.update(len(batch))
                 lens = [len(ids[t]) for t in batch]
                 x = torch.full((len(batch), max(lens)), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), max(lens)), dtype=torch.float)

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from radixpert import weights
-from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions
+from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions, progress
 from radixpert.evaluate.cache import TextCache, file_sha256
 from radixpert.paths import cache_dir
 
@@ -489,17 +489,19 @@ class RadGraphF1(Metric):
         todo = [t for t in distinct if t not in known]
         counts = {"cached": len(known), "annotated": 0, "failures": 0}
         log.info("%s: %d distinct texts, %d to annotate", self.name, len(distinct), len(todo))
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start : start + self.batch_size]
-            fresh = self._run(batch)
-            ok = {t: a for t, a in fresh.items() if a is not None}
-            store.put_many(ok)
-            known.update(ok)
-            counts["annotated"] += len(ok)
-            for t, a in fresh.items():
-                if a is None:
-                    counts["failures"] += 1
-                    known[t] = {"text": t, "entities": {}}
+        with progress(len(todo), self.name) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start : start + self.batch_size]
+                fresh = self._run(batch)
+                bar.update(len(batch))
+                ok = {t: a for t, a in fresh.items() if a is not None}
+                store.put_many(ok)
+                known.update(ok)
+                counts["annotated"] += len(ok)
+                for t, a in fresh.items():
+                    if a is None:
+                        counts["failures"] += 1
+                        known[t] = {"text": t, "entities": {}}
         store.close()
         for t in texts:
             if _is_empty(t):

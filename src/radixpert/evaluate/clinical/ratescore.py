@@ -41,7 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from radixpert import weights
-from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions, resolve_device
+from radixpert.evaluate.base import (
+    Metric,
+    MetricResult,
+    mean,
+    package_versions,
+    progress,
+    resolve_device,
+)
 from radixpert.evaluate.cache import TextCache, file_sha256, files_fingerprint
 
 log = logging.getLogger(__name__)
@@ -207,24 +214,28 @@ class RaTEScoreMetric(Metric):
         known.update(empty)
         tagged = [t for t in todo if n_sentences[t]]
         chunk = max(64, 4 * self.batch_size)
-        for start in range(0, len(tagged), chunk):
-            part = tagged[start : start + chunk]
-            pairs = run_ner(
-                part,
-                scorer.idx2label,
-                scorer.tokenizer,
-                scorer.model,
-                scorer.device,
-                scorer.batch_size,
-            )
-            if len(pairs) != len(part):  # the package's alignment assumption broke
-                raise RuntimeError(f"RaTEScore NER returned {len(pairs)} reports for {len(part)}")
-            fresh = {
-                t: {"sentences": n_sentences[t], "entities": [list(x) for x in ps]}
-                for t, ps in zip(part, pairs)
-            }
-            store.put_many(fresh)
-            known.update(fresh)
+        with progress(len(tagged), "ratescore") as bar:
+            for start in range(0, len(tagged), chunk):
+                part = tagged[start : start + chunk]
+                pairs = run_ner(
+                    part,
+                    scorer.idx2label,
+                    scorer.tokenizer,
+                    scorer.model,
+                    scorer.device,
+                    scorer.batch_size,
+                )
+                if len(pairs) != len(part):  # the package's alignment assumption broke
+                    raise RuntimeError(
+                        f"RaTEScore NER returned {len(pairs)} reports for {len(part)}"
+                    )
+                fresh = {
+                    t: {"sentences": n_sentences[t], "entities": [list(x) for x in ps]}
+                    for t, ps in zip(part, pairs)
+                }
+                store.put_many(fresh)
+                known.update(fresh)
+                bar.update(len(part))
         store.close()
         return {
             t: {"sentences": v["sentences"], "entities": [tuple(x) for x in v["entities"]]}

@@ -53,7 +53,14 @@ from pathlib import Path
 from typing import Any
 
 from radixpert import weights
-from radixpert.evaluate.base import Metric, MetricResult, mean, package_versions, resolve_device
+from radixpert.evaluate.base import (
+    Metric,
+    MetricResult,
+    mean,
+    package_versions,
+    progress,
+    resolve_device,
+)
 from radixpert.evaluate.cache import TextCache
 
 log = logging.getLogger(__name__)
@@ -465,11 +472,13 @@ class Green(Metric):
         known = store.get_many(prompts)
         todo = list(dict.fromkeys(p for p in prompts if p not in known))
         log.info("green: %d pairs, %d to judge, %d cached", len(prompts), len(todo), len(known))
-        for start in range(0, len(todo), self.batch_size):
-            part = todo[start : start + self.batch_size]
-            fresh = dict(zip(part, self._generate(part)))
-            store.put_many(fresh)
-            known.update(fresh)
+        with progress(len(todo), "green", unit="pairs") as bar:
+            for start in range(0, len(todo), self.batch_size):
+                part = todo[start : start + self.batch_size]
+                fresh = dict(zip(part, self._generate(part)))
+                bar.update(len(part))
+                store.put_many(fresh)
+                known.update(fresh)
         store.close()
         return [known[p] for p in prompts]
 

@@ -54,6 +54,7 @@ from radixpert.evaluate.base import (
     MetricUnavailable,
     mean,
     package_versions,
+    progress,
     resolve_device,
 )
 from radixpert.evaluate.cache import TextCache, files_fingerprint
@@ -270,14 +271,18 @@ class BertScore(Metric):
         # on its chunk); within a chunk, texts are embedded in length-sorted batches and
         # pairs matched batch_size at a time.
         chunk = max(256, 4 * self.batch_size)
-        for start in range(0, len(pairs), chunk):
-            part = pairs[start : start + chunk]
-            emb = self._embed({t for pair in part for t in pair}, tokenizer, model, device)
-            for i in range(0, len(part), self.batch_size):
-                sub = part[i : i + self.batch_size]
-                raw = _match([emb[r] for r, _ in sub], [emb[c] for _, c in sub], idf_dict, device)
-                scaled = (raw - base) / (1 - base)
-                out.extend(tuple(float(x) for x in row) for row in scaled.tolist())
+        with progress(len(pairs), "bertscore", unit="pairs") as bar:
+            for start in range(0, len(pairs), chunk):
+                part = pairs[start : start + chunk]
+                emb = self._embed({t for pair in part for t in pair}, tokenizer, model, device)
+                for i in range(0, len(part), self.batch_size):
+                    sub = part[i : i + self.batch_size]
+                    raw = _match(
+                        [emb[r] for r, _ in sub], [emb[c] for _, c in sub], idf_dict, device
+                    )
+                    scaled = (raw - base) / (1 - base)
+                    out.extend(tuple(float(x) for x in row) for row in scaled.tolist())
+                bar.update(len(part))
         return out
 
     def _embed(
