@@ -48,7 +48,7 @@ def test_sections(tmp_path):
     assert read_reports(p).texts == {"1": "Lungs clear. Normal."}
     assert read_reports(p, "findings").texts == {"1": "Lungs clear."}
     assert read_reports(p, "impression").texts == {"1": "Normal."}
-    with pytest.raises(InputError, match=r"r\.json: id 1: no report field"):
+    with pytest.raises(InputError, match=r"r\.json: id 1: no report text: expected one of report"):
         read_reports(p, "report")
 
 
@@ -153,3 +153,64 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("interrupted")
     assert target.read_text() == "first"
     assert [p.name for p in target.parent.iterdir()] == ["results.json"]
+
+
+# The layouts of ReXrank's own files (rajpurkarlab/ReXrank: data/iu_xray/ReXRank_IUXray_*.json
+# and example_files/prediction.json), with made-up texts.
+REXRANK_DATA = {
+    "CXR1_IM-1": {
+        "key_image_path": "CXR1_IM-1/0.png",
+        "image_path": ["CXR1_IM-1/0.png", "CXR1_IM-1/1.png"],
+        "report": "Findings: Heart size is enlarged. Impression: Cardiomegaly.",
+        "section_findings": "Heart size is enlarged.",
+        "section_impression": "Cardiomegaly.",
+        "split": "test",
+        "context": "Indication: dyspnea.",
+    },
+    "CXR2_IM-2": {
+        "report": "Findings: Lungs are clear. Impression: Normal.",
+        "section_findings": "Lungs are clear.",
+        "section_impression": "Normal.",
+    },
+}
+REXRANK_PREDICTIONS = {
+    "50051329": {
+        "dicom_id": ["427446c1"],
+        "findings": "The lungs are low in volume.\nNo pneumothorax.",
+        "impression": "No acute process.",
+        "subject_id": 10046166,
+        "model_prediction": "Findings:Low lung volumes.Impression:No acute process.",
+    },
+    "53492798": {
+        "findings": "Calcified nodule at the right base.",
+        "impression": "No acute process.",
+        "model_prediction": "Findings:The lungs are clear.Impression:No acute process.",
+    },
+}
+
+
+def test_rexrank_test_set_layout(tmp_path):
+    p = write(tmp_path, "ReXRank_IUXray_test.json", REXRANK_DATA)
+    assert read_reports(p, role="references").texts["CXR1_IM-1"].startswith("Findings: Heart")
+    assert read_reports(p, "findings").texts == {
+        "CXR1_IM-1": "Heart size is enlarged.",
+        "CXR2_IM-2": "Lungs are clear.",
+    }
+    assert read_reports(p, "findings+impression").texts["CXR2_IM-2"] == "Lungs are clear. Normal."
+
+
+def test_one_rexrank_prediction_file_serves_both_sides(tmp_path):
+    p = write(tmp_path, "prediction.json", REXRANK_PREDICTIONS)
+    refs = read_reports(p, "findings", role="references")
+    cands = read_reports(p, "findings", role="candidates")
+    assert refs.texts["50051329"] == "The lungs are low in volume.\nNo pneumothorax."
+    assert cands.texts["50051329"].startswith("Findings:Low lung volumes")
+    pairs = pair_reports(refs, cands)
+    assert pairs.ids == ["50051329", "53492798"]
+
+
+def test_reference_never_read_from_a_model_output(tmp_path):
+    p = write(tmp_path, "preds.json", {"a": {"model_prediction": "x"}, "b": {"prediction": "y"}})
+    with pytest.raises(InputError, match="read only on the --candidates side"):
+        read_reports(p, role="references")
+    assert read_reports(p, role="candidates").texts == {"a": "x", "b": "y"}

@@ -2,8 +2,9 @@
 
 Accepted inputs (format from the extension, `.json`, `.jsonl`, `.csv`):
 
-* ReXrank-style JSON: an object `{id: report}` or `{id: {"report"| "findings"/"impression"
-  | "prediction"...: ...}}`, or a list of records with an id and a report.
+* ReXrank-style JSON: an object `{id: report}` or `{id: {...}}` as ReXrank ships its test
+  sets (`report`, `section_findings`, `section_impression`) and its prediction files (gold
+  `findings` / `impression` beside `model_prediction`), or a list of records with an id.
 * JSONL: one such record per line.
 * CSV: an id column (`id`, `study_id`, `uid`, ...) and a report column (`report`, or
   `findings` / `impression`).
@@ -26,7 +27,12 @@ from pathlib import Path
 from typing import Any
 
 ID_KEYS = ("id", "study_id", "uid", "dicom_id", "image_id", "case_id", "key")
-REPORT_KEYS = ("report", "prediction", "model_prediction", "generated_report", "text", "output")
+REPORT_KEYS = ("report", "text")  # a whole report (references and candidates)
+PREDICTION_KEYS = ("model_prediction", "prediction", "generated_report", "generated", "output")
+SECTION_KEYS = {  # plain names, and the ReXrank data files' names
+    "findings": ("findings", "section_findings"),
+    "impression": ("impression", "section_impression"),
+}
 SECTIONS = ("auto", "report", "findings", "impression", "findings+impression")
 
 
@@ -54,11 +60,16 @@ def _first(d: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def _text_of(rec: dict[str, Any], section: str, where: str) -> str:
-    """The report text of one record for the chosen section."""
+def _text_of(rec: dict[str, Any], section: str, where: str, role: str = "any") -> str:
+    """The report text of one record for the chosen section and side.
 
-    def field_text(key: str) -> str | None:
-        k = _first(rec, (key,))
+    A candidate record's model output (`model_prediction`, `prediction`, ...) is scored
+    whole; a reference is never read from such a field, so one ReXrank prediction file
+    (gold `findings`/`impression` beside `model_prediction`) can serve as both sides.
+    """
+
+    def field_text(keys: tuple[str, ...]) -> str | None:
+        k = _first(rec, keys)
         if k is None:
             return None
         v = rec[k]
@@ -68,30 +79,40 @@ def _text_of(rec: dict[str, Any], section: str, where: str) -> str:
             raise InputError(f"{where}: field {k!r} must be text, got {type(v).__name__}")
         return v
 
+    def joined(*parts: str | None) -> str:
+        return " ".join(p.strip() for p in parts if p and p.strip())
+
+    if role in ("candidates", "any"):
+        t = field_text(PREDICTION_KEYS)
+        if t is not None:
+            return t
+    findings, impression = (
+        field_text(SECTION_KEYS["findings"]),
+        field_text(SECTION_KEYS["impression"]),
+    )
     if section in ("findings", "impression"):
-        t = field_text(section)
+        t = findings if section == "findings" else impression
         if t is None:
             raise InputError(f"{where}: no {section!r} field (fields: {', '.join(map(str, rec))})")
         return t
     if section == "findings+impression":
-        parts = [field_text("findings"), field_text("impression")]
-        if parts == [None, None]:
+        if findings is None and impression is None:
             raise InputError(f"{where}: neither 'findings' nor 'impression' field")
-        return " ".join(p.strip() for p in parts if p and p.strip())
-    # report / auto
-    k = _first(rec, REPORT_KEYS)
-    if k is not None:
-        t = field_text(k)
-        return t or ""
-    if section == "report":
-        raise InputError(f"{where}: no report field (expected one of {', '.join(REPORT_KEYS)})")
-    parts = [field_text("findings"), field_text("impression")]
-    if parts == [None, None]:
+        return joined(findings, impression)
+    t = field_text(REPORT_KEYS)
+    if t is not None:
+        return t
+    expected = ", ".join(REPORT_KEYS + (PREDICTION_KEYS if role != "references" else ()))
+    if section == "report" or (findings is None and impression is None):
+        hint = ""
+        if role == "references" and _first(rec, PREDICTION_KEYS) is not None:
+            hint = "; a model's output field is read only on the --candidates side"
         raise InputError(
-            f"{where}: no report text: expected one of {', '.join(REPORT_KEYS)} or "
-            f"findings/impression (fields: {', '.join(map(str, rec))})"
+            f"{where}: no report text: expected one of {expected}"
+            f"{'' if section == 'report' else ' or findings/impression'} "
+            f"(fields: {', '.join(map(str, rec))}){hint}"
         )
-    return " ".join(p.strip() for p in parts if p and p.strip())
+    return joined(findings, impression)
 
 
 def _decode(path: Path, data: bytes, fmt: str) -> str:
@@ -147,13 +168,15 @@ def _records_json(path: Path, obj: Any) -> Iterator[tuple[str, dict[str, Any] | 
         )
 
 
-def read_reports(path: str | Path, section: str = "auto") -> Reports:
+def read_reports(path: str | Path, section: str = "auto", role: str = "any") -> Reports:
     """Read one report file; see the module docstring for the layouts.
 
     Args:
         path: .json, .jsonl or .csv file.
         section: "auto" (report field, else findings + impression), "report",
             "findings", "impression" or "findings+impression".
+        role: "references" (gold text only), "candidates" (a model-output field first,
+            scored whole) or "any".
 
     Raises:
         InputError: missing file, undecodable bytes, wrong shape, missing fields,
@@ -221,7 +244,7 @@ def read_reports(path: str | Path, section: str = "auto") -> Reports:
         rid = rid.strip()
         if not rid:
             raise InputError(f"{where}: empty id")
-        t = rec if isinstance(rec, str) else _text_of(rec, section, where)
+        t = rec if isinstance(rec, str) else _text_of(rec, section, where, role)
         if rid in texts:
             dupes.append(rid)
             continue
@@ -288,10 +311,7 @@ def pair_reports(refs: Reports, cands: Reports, allow_missing: bool = False) -> 
         )
     references = [refs.texts[i] for i in ids]
     candidates = [cands.texts[i] for i in ids]
-    same = refs.path.resolve() == cands.path.resolve() or (
-        len(ids) > 1 and all(r.strip() == c.strip() for r, c in zip(references, candidates))
-    )
-    if same:
+    if len(ids) > 1 and all(r.strip() == c.strip() for r, c in zip(references, candidates)):
         raise InputError(
             f"{cands.path}: the candidates equal the references for all {len(ids)} ids; "
             "was the references file passed as --candidates?"

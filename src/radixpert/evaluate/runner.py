@@ -131,8 +131,8 @@ def evaluate(
     progress: TextIO | None = sys.stderr,
 ) -> dict[str, Any]:
     """Read, pair and score; returns the results document (see the module docstring)."""
-    refs = read_reports(references, opts.section)
-    cands = read_reports(candidates, opts.section)
+    refs = read_reports(references, opts.section, role="references")
+    cands = read_reports(candidates, opts.section, role="candidates")
     pairs = pair_reports(refs, cands, opts.allow_missing)
     if pairs.only_references or pairs.only_candidates:
         _progress(
