@@ -15,6 +15,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from radixpert.evaluate.io import SECTIONS  # stdlib only: keeps --help light
+
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -46,7 +48,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--section",
         default="auto",
-        choices=["auto", "report", "findings", "impression", "findings+impression"],
+        choices=SECTIONS,
         help="which text to score when records have sections (default: the report "
         "field, else findings + impression)",
     )
@@ -164,7 +166,7 @@ def _label_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--section",
         default="auto",
-        choices=["auto", "report", "findings", "impression", "findings+impression"],
+        choices=SECTIONS,
     )
     p.set_defaults(func=_run_label)
 
