@@ -83,7 +83,11 @@ def _summarise(result: MetricResult, n: int, bootstrap: int, seed: int) -> dict[
             {"low": 1 / hi, "high": 1 / lo} if lo > 0 and hi > 0 else None
         )
     entry["settings"] = result.settings
-    entry["versions"] = result.versions
+    entry["versions"] = {
+        "radixpert": radixpert.__version__,
+        "numpy": np.__version__,
+        **result.versions,
+    }
     entry["detailed"] = result.detailed
     entry["per_sample"] = result.per_sample
     if result.per_sample_detailed:
