@@ -228,3 +228,12 @@ def test_missing_weights(tmp_path, bert_dir, fresh_home):
     assert "radixpert models pull bert-base-uncased" in metric.check()
     with pytest.raises(ValueError, match="1 references but 2 candidates"):
         cb.SembScore(chexbert_dir=tmp_path, bert_dir=bert_dir).compute(["a"], ["b", "c"])
+
+
+def test_head_order_is_chexberts():
+    # CheXbert src/constants.py CONDITIONS: the order of the 14 heads in chexbert.pth
+    assert cb.CONDITIONS == (
+        "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+        "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+        "Pleural Other", "Fracture", "Support Devices", "No Finding",
+    )  # fmt: skip

@@ -47,26 +47,12 @@ from radixpert.evaluate.base import (
     resolve_device,
 )
 from radixpert.evaluate.cache import TextCache, file_sha256
+from radixpert.evaluate.clinical.label_f1 import OBSERVATIONS_14
 
 log = logging.getLogger(__name__)
 
 # Head order of chexbert.pth (CheXbert src/constants.py CONDITIONS).
-CONDITIONS: tuple[str, ...] = (
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-    "No Finding",
-)
+CONDITIONS: tuple[str, ...] = (*OBSERVATIONS_14[1:], "No Finding")  # No Finding head last
 # Class index of a head -> CheXpert value (label.py: 0 blank -> NaN, 3 -> -1, 2 -> 0).
 CLASS_VALUES: tuple[int | None, ...] = (None, 1, 0, -1)
 MAX_TOKENS = 512
