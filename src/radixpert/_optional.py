@@ -22,6 +22,9 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "metrics"),
     "pandas": ("pandas", "metrics"),
     "sentencepiece": ("sentencepiece", "metrics"),
+    "pyarrow": ("pyarrow", "data"),
+    "pydicom": ("pydicom", "data"),
+    "PIL": ("pillow", "data"),
     "google.protobuf": ("protobuf", "metrics"),
 }
 

@@ -1,0 +1,1 @@
+"""Datasets: native-layout readers, `Study` records, reports, images and phantoms."""
