@@ -213,6 +213,45 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="read datasets into Study records; generate phantoms",
+        description="Datasets as their publishers ship them -> Study records (JSONL/Parquet).",
+    )
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    prep = dsub.add_parser("prepare", help="read one dataset into Study records")
+    prep.add_argument("dataset", help="dataset name (mimic-cxr, iu-xray, chexpert)")
+    prep.add_argument("--root", required=True, help="the dataset's folder, as downloaded")
+    prep.add_argument("--out", "-o", required=True, help="output .jsonl or .parquet")
+    prep.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option, e.g. --option layout=openi (repeatable)",
+    )
+    prep.set_defaults(func=_run_data)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "prepare":
+        from radixpert.data.prepare import prepare
+
+        options = {}
+        for item in args.option:
+            key, sep, value = item.partition("=")
+            if not sep:
+                print(
+                    f"radixpert data prepare: --option {item!r} is not KEY=VALUE", file=sys.stderr
+                )
+                return 2
+            options[key.strip().replace("-", "_")] = value
+        prepare(args.dataset, args.root, args.out, **options)
+        return 0
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     from radixpert import __version__
 
@@ -227,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     _label_parser(sub)
     _models_parser(sub)
+    _data_parser(sub)
     return parser
 
 
@@ -236,12 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from radixpert.data.study import StudyError
     from radixpert.evaluate.base import MetricUnavailable
     from radixpert.evaluate.io import InputError
 
     try:
         return args.func(args)
-    except (InputError, MetricUnavailable, KeyError) as e:
+    except (InputError, MetricUnavailable, StudyError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"radixpert {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -1,0 +1,65 @@
+"""`radixpert data prepare DATASET --root DIR --out FILE`: a dataset, as its publisher ships
+it, into `Study` records (JSONL or Parquet).
+
+Readers are registered by name as "module:function" strings and imported only when used.
+Each reader streams; records are validated and written atomically, with progress on stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from radixpert.data.study import Study, write_studies
+
+log = logging.getLogger(__name__)
+
+_R = "radixpert.data.readers"
+READERS: dict[str, str] = {
+    "mimic-cxr": f"{_R}.mimic_cxr:read",
+    "iu-xray": f"{_R}.iu_xray:read",
+    "chexpert": f"{_R}.chexpert:read",
+}
+
+
+def reader(name: str) -> Any:
+    """The `read(root, **options)` function of dataset `name`."""
+    if name not in READERS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(READERS)}")
+    module, _, attr = READERS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _with_progress(studies: Iterator[Study], stream: TextIO | None) -> Iterator[Study]:
+    t0 = last = time.perf_counter()
+    for n, s in enumerate(studies, 1):
+        now = time.perf_counter()
+        if stream is not None and now - last >= 2.0:
+            print(f"  {n:,} studies ({n / (now - t0):,.0f}/s)", file=stream, flush=True)
+            last = now
+        yield s
+
+
+def prepare(
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    progress: TextIO | None = sys.stderr,
+    **options: Any,
+) -> int:
+    """Read `dataset` under `root` and write its Study records to `out`; returns the count."""
+    read = reader(dataset)
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset root is not a directory")
+    t0 = time.perf_counter()
+    n = write_studies(_with_progress(read(root, **options), progress), out)
+    took = time.perf_counter() - t0
+    if progress is not None:
+        print(f"{dataset}: {n:,} studies -> {out} in {took:.1f} s", file=progress, flush=True)
+    return n
