@@ -232,6 +232,32 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
         help="reader option, e.g. --option layout=openi (repeatable)",
     )
     prep.set_defaults(func=_run_data)
+    ins = dsub.add_parser("instruct", help="Study records -> instruction conversations")
+    ins.add_argument("--studies", required=True, help="Study records (.jsonl or .parquet)")
+    ins.add_argument("--out", "-o", required=True, help="conversations (.jsonl)")
+    ins.add_argument(
+        "--tasks",
+        nargs="+",
+        default=[
+            "report=1",
+            "classification=1",
+            "grounding-phrase=1",
+            "detection=1",
+            "conversation=1",
+        ],
+        metavar="TASK=WEIGHT",
+        help="tasks and weights (conversations per study)",
+    )
+    ins.add_argument(
+        "--repeat",
+        nargs="*",
+        default=[],
+        metavar="DATASET=FACTOR",
+        help="per-dataset repeat factors (default 1)",
+    )
+    ins.add_argument("--split", default=None, help="only studies of this split")
+    ins.add_argument("--seed", type=int, default=0)
+    ins.set_defaults(func=_run_data)
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -249,7 +275,37 @@ def _run_data(args: argparse.Namespace) -> int:
             options[key.strip().replace("-", "_")] = value
         prepare(args.dataset, args.root, args.out, **options)
         return 0
+    if args.data_cmd == "instruct":
+        from collections import Counter
+
+        from radixpert.data.study import read_studies
+        from radixpert.instruct.conversation import write_conversations
+        from radixpert.instruct.mixture import build_mixture
+
+        weights, repeats = _pairs(args.tasks, "--tasks"), _pairs(args.repeat, "--repeat")
+        studies = (
+            s for s in read_studies(args.studies) if args.split is None or s.split == args.split
+        )
+        counts: Counter = Counter()
+        n = write_conversations(
+            build_mixture(studies, weights, repeats, args.seed, counts), args.out
+        )
+        print(f"{n:,} conversations -> {args.out}")
+        for k, v in sorted(counts.items()):
+            print(f"  {k}: {v:,}")
+        return 0
     return 2
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, float]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key] = float(value) if sep else 1.0
+        except ValueError:
+            raise KeyError(f"{flag} {item!r}: expected NAME=NUMBER") from None
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,10 +335,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from radixpert.data.study import StudyError
     from radixpert.evaluate.base import MetricUnavailable
     from radixpert.evaluate.io import InputError
+    from radixpert.instruct.conversation import ConversationError
 
     try:
         return args.func(args)
-    except (InputError, MetricUnavailable, StudyError, FileNotFoundError, KeyError) as e:
+    except (
+        InputError,
+        MetricUnavailable,
+        StudyError,
+        ConversationError,
+        FileNotFoundError,
+        KeyError,
+    ) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"radixpert {args.command}: error: {msg}", file=sys.stderr)
         return 2
