@@ -24,6 +24,10 @@ READERS: dict[str, str] = {
     "mimic-cxr": f"{_R}.mimic_cxr:read",
     "iu-xray": f"{_R}.iu_xray:read",
     "chexpert": f"{_R}.chexpert:read",
+    "rexrank": f"{_R}.rexrank:read",
+    "rexgradient": f"{_R}.rexrank:read_rexgradient",
+    "ms-cxr": f"{_R}.ms_cxr:read",
+    "roco-v2": f"{_R}.roco:read",
 }
 
 

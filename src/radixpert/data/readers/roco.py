@@ -1,0 +1,78 @@
+"""ROCO v2 (radiology images with captions and UMLS concepts, many modalities).
+
+Layout (shared/reference/datasets.md §6): `{train,valid,test}/<ID>.jpg`,
+`{split}_captions.csv` (`ID,Caption`), `{split}_concepts.csv` and `{split}_concepts_manual.csv`
+(`ID,CUIs`, `;`-separated; manual rows can be empty), `cui_mapping.csv` (`CUI,Canonical name`).
+The caption becomes the study's findings; the modality comes from the manual concepts' canonical
+names in the shipped `cui_mapping.csv` (computed tomography -> CT, magnetic resonance -> MR,
+ultrasonography -> US, plain x-ray / radiography -> XR, angiography -> XA, positron emission
+-> PT), "" when none names a modality.
+
+    radixpert data prepare roco-v2 --root ROCOv2 --out roco.jsonl
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from radixpert.data.readers import ReaderError, iter_csv
+from radixpert.data.study import Image, Study
+
+SPLITS = {"train": "train", "valid": "validate", "test": "test"}
+_MODALITY_WORDS = (
+    ("computed tomography", "CT"),
+    ("magnetic resonance", "MR"),
+    ("ultrasonograph", "US"),
+    ("plain x-ray", "XR"),
+    ("radiograph", "XR"),
+    ("angiogra", "XA"),
+    ("positron", "PT"),
+)
+
+
+def modality_of(names: list[str]) -> str:
+    low = " | ".join(names).lower()
+    return next((code for word, code in _MODALITY_WORDS if word in low), "")
+
+
+def _concepts(path: Path) -> dict[str, list[str]]:
+    if not path.is_file():
+        return {}
+    return {
+        row["ID"]: [c.strip() for c in row["CUIs"].split(";") if c.strip()]
+        for _, row in iter_csv(path, ("ID", "CUIs"))
+    }
+
+
+def read(root: Path, *, splits: tuple[str, ...] = ("train", "valid", "test")) -> Iterator[Study]:
+    """Studies (one per image) of the chosen splits."""
+    root = Path(root)
+    mapping_file = root / "cui_mapping.csv"
+    names = ({r["CUI"]: r["Canonical name"] for _, r in iter_csv(mapping_file,
+              ("CUI", "Canonical name"))} if mapping_file.is_file() else {})  # fmt: skip
+    found = False
+    for split in splits:
+        captions = root / f"{split}_captions.csv"
+        if not captions.is_file():
+            continue
+        found = True
+        manual = _concepts(root / f"{split}_concepts_manual.csv")
+        auto = _concepts(root / f"{split}_concepts.csv")
+        for line, row in iter_csv(captions, ("ID", "Caption")):
+            sid = row["ID"].strip()
+            if not sid:
+                raise ReaderError(f"{captions}: line {line}: empty ID")
+            cuis = manual.get(sid) or auto.get(sid, [])
+            concept_names = [names.get(c, "") for c in cuis]
+            yield Study(
+                id=sid,
+                dataset="roco-v2",
+                split=SPLITS.get(split, split),
+                images=[Image(f"{split}/{sid}.jpg", "")],
+                findings=row["Caption"].strip(),
+                modality=modality_of(concept_names),
+                extra={"cuis": cuis, "concepts": concept_names},
+            ).validate(f"{captions}: line {line}")
+    if not found:
+        raise ReaderError(f"{root}: no {{split}}_captions.csv for splits {', '.join(splits)}")
