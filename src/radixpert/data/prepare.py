@@ -28,6 +28,8 @@ READERS: dict[str, str] = {
     "rexgradient": f"{_R}.rexrank:read_rexgradient",
     "ms-cxr": f"{_R}.ms_cxr:read",
     "roco-v2": f"{_R}.roco:read",
+    "vindr-cxr": f"{_R}.vindr_cxr:read",
+    "chexpert-plus": f"{_R}.chexpert_plus:read",
 }
 
 
