@@ -30,6 +30,7 @@ READERS: dict[str, str] = {
     "roco-v2": f"{_R}.roco:read",
     "vindr-cxr": f"{_R}.vindr_cxr:read",
     "chexpert-plus": f"{_R}.chexpert_plus:read",
+    "padchest": f"{_R}.padchest:read",
 }
 
 
