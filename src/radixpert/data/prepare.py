@@ -31,6 +31,7 @@ READERS: dict[str, str] = {
     "vindr-cxr": f"{_R}.vindr_cxr:read",
     "chexpert-plus": f"{_R}.chexpert_plus:read",
     "padchest": f"{_R}.padchest:read",
+    "imagenome": f"{_R}.imagenome:read",
 }
 
 
