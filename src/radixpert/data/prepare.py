@@ -32,6 +32,7 @@ READERS: dict[str, str] = {
     "chexpert-plus": f"{_R}.chexpert_plus:read",
     "padchest": f"{_R}.padchest:read",
     "imagenome": f"{_R}.imagenome:read",
+    "padchest-gr": f"{_R}.padchest_gr:read",
 }
 
 
