@@ -33,6 +33,7 @@ READERS: dict[str, str] = {
     "padchest": f"{_R}.padchest:read",
     "imagenome": f"{_R}.imagenome:read",
     "padchest-gr": f"{_R}.padchest_gr:read",
+    "labelled-csv": f"{_R}.labelled_csv:read",
 }
 
 
