@@ -273,7 +273,7 @@ def _run_data(args: argparse.Namespace) -> int:
                 )
                 return 2
             options[key.strip().replace("-", "_")] = value
-        prepare(args.dataset, args.root, args.out, **options)
+        prepare(args.dataset, args.root, args.out, progress=sys.stderr, **options)
         return 0
     if args.data_cmd == "instruct":
         from collections import Counter

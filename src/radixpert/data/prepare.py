@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +58,7 @@ def prepare(
     dataset: str,
     root: str | Path,
     out: str | Path,
-    progress: TextIO | None = sys.stderr,
+    progress: TextIO | None = None,
     **options: Any,
 ) -> int:
     """Read `dataset` under `root` and write its Study records to `out`; returns the count."""

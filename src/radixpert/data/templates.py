@@ -86,7 +86,8 @@ PHRASES: dict[str, Phrases] = {
         "pulmonary edema", "pulmonary edema",
     ),
     "Lung Lesion": Phrases(
-        ("There is a pulmonary nodule.", "A lung lesion is seen.", "A mass is present in the lung."),
+        ("There is a pulmonary nodule.", "A lung lesion is seen.",
+         "A mass is present in the lung."),
         ("No pulmonary nodule or mass.", "No lung lesion is seen."),
         ("Possible pulmonary nodule.", "A nodular density may be present."),
         "pulmonary nodule", "lung lesion",
@@ -147,22 +148,18 @@ _NO_POSITIVE_IMPRESSION = (
     "No acute findings.",
 )
 
-assert set(PHRASES) == set(OBSERVATIONS) - {"No Finding"}  # every observation has wording
 
-
-def _list(nouns: list[str]) -> str:
+def _list(nouns: list[str], conjunction: str = "or") -> str:
     if len(nouns) == 1:
         return nouns[0]
-    return ", ".join(nouns[:-1]) + " or " + nouns[-1]
+    return ", ".join(nouns[:-1]) + f" {conjunction} " + nouns[-1]
 
 
 def _sentence(text: str) -> str:
     return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
-def report_from_labels(
-    labels: Mapping[str, int | None], rng: random.Random
-) -> tuple[str, str]:
+def report_from_labels(labels: Mapping[str, int | None], rng: random.Random) -> tuple[str, str]:
     """Findings and impression text for a set of CheXpert labels.
 
     Args:
@@ -212,7 +209,7 @@ def report_from_labels(
 
     parts = []
     if positives:
-        parts.append(_sentence(_list(positives).replace(" or ", " and ")))
+        parts.append(_sentence(_list(positives, "and")))
     if uncertain:
         hedge = rng.choice(("possible {}", "cannot exclude {}", "questionable {}"))
         parts.append(_sentence(hedge.format(_list(uncertain))))

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -96,7 +95,7 @@ def _summarise(result: MetricResult, n: int, bootstrap: int, seed: int) -> dict[
 
 
 def run_metrics(
-    pairs: Pairs, opts: EvaluationOptions, progress: TextIO | None = sys.stderr
+    pairs: Pairs, opts: EvaluationOptions, progress: TextIO | None = None
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Run each metric on the pairs; returns (metrics entries, skipped name -> reason)."""
     names = registry.expand(opts.metrics)
@@ -132,7 +131,7 @@ def evaluate(
     references: str | Path,
     candidates: str | Path,
     opts: EvaluationOptions,
-    progress: TextIO | None = sys.stderr,
+    progress: TextIO | None = None,
 ) -> dict[str, Any]:
     """Read, pair and score; returns the results document (see the module docstring)."""
     refs = read_reports(references, opts.section, role="references")
