@@ -258,6 +258,15 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("--split", default=None, help="only studies of this split")
     ins.add_argument("--seed", type=int, default=0)
     ins.set_defaults(func=_run_data)
+    ph = dsub.add_parser(
+        "phantoms",
+        help="synthetic chest radiographs with known truth",
+        description="Synthetic chest radiographs with boxes, labels, reports.",
+    )
+    from radixpert.data.phantoms import add_arguments  # numpy only: --help stays light
+
+    add_arguments(ph)
+    ph.set_defaults(func=_run_data)
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -275,6 +284,10 @@ def _run_data(args: argparse.Namespace) -> int:
             options[key.strip().replace("-", "_")] = value
         prepare(args.dataset, args.root, args.out, progress=sys.stderr, **options)
         return 0
+    if args.data_cmd == "phantoms":
+        from radixpert.data.phantoms import run
+
+        return run(args)
     if args.data_cmd == "instruct":
         from collections import Counter
 

@@ -144,3 +144,35 @@ def test_instruct_cli(tmp_path, capsys):
     first = json.loads(out.read_text().splitlines()[0])
     assert set(first) >= {"id", "image", "conversations"}
     assert "10 conversations" in capsys.readouterr().out
+
+
+def test_phantoms_to_instructions_end_to_end(tmp_path, capsys):
+    out = tmp_path / "ph"
+    assert main(["data", "phantoms", "--n", "12", "--out", str(out), "--size", "64"]) == 0
+    conv = tmp_path / "conv.jsonl"
+    assert (
+        main(
+            [
+                "data",
+                "instruct",
+                "--studies",
+                str(out / "studies.jsonl"),
+                "--out",
+                str(conv),
+                "--tasks",
+                "grounding-abnormality=1",
+                "detection=1",
+            ]
+        )
+        == 0
+    )
+    convs = list(read_conversations(conv))
+    assert {c.task for c in convs} <= {"grounding-abnormality", "detection"}
+    assert all((out / c.image[0]).is_file() for c in convs)
+    # the detection answer of each phantom grades perfectly against its own target
+    det = T.create("detection")
+    assert all(
+        det.score(c, c.conversations[1]["value"])["f1"] == 1.0
+        for c in convs
+        if c.task == "detection"
+    )
