@@ -77,3 +77,15 @@ def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(StudyError):
         write_studies([sample(), bad], tmp_path / "out.jsonl")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parquet_streams_in_row_groups(tmp_path):
+    import pyarrow.parquet as pq
+
+    studies = [sample(i) for i in range(7)]
+    path = tmp_path / "s.parquet"
+    assert write_studies(iter(studies), path, row_group=3) == 7
+    assert pq.ParquetFile(path).num_row_groups == 3
+    assert [s.to_dict() for s in read_studies(path)] == [s.to_dict() for s in studies]
+    assert write_studies([], tmp_path / "empty.parquet") == 0
+    assert list(read_studies(tmp_path / "empty.parquet")) == []

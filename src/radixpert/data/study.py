@@ -172,8 +172,8 @@ def _parquet_schema() -> Any:
     ])  # fmt: skip
 
 
-def write_studies(studies: Iterable[Study], path: str | Path) -> int:
-    """Write records to .jsonl or .parquet atomically; returns how many were written."""
+def write_studies(studies: Iterable[Study], path: str | Path, row_group: int = 5000) -> int:
+    """Write records to .jsonl or .parquet atomically, streaming; returns how many."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -190,17 +190,24 @@ def write_studies(studies: Iterable[Study], path: str | Path) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = []
-        for s in studies:
-            d = s.validate().to_dict()
-            d["has_labels"] = bool(d["labels"])
-            d["labels"] = {o: d["labels"].get(o) for o in OBSERVATIONS}
-            d["extra"] = json.dumps(d["extra"], ensure_ascii=False, sort_keys=True)
-            rows.append(d)
-        table = pa.Table.from_pylist(rows, schema=_parquet_schema())
-        with atomic_write(path, "wb") as f:
-            pq.write_table(table, f)
-        return len(rows)
+        schema = _parquet_schema()
+        n = 0
+        rows: list[dict[str, Any]] = []
+        with atomic_write(path, "wb") as f, pq.ParquetWriter(f, schema) as writer:
+            # Row groups of `row_group` records: memory stays bounded however many studies.
+            for s in studies:
+                d = s.validate().to_dict()
+                d["has_labels"] = bool(d["labels"])
+                d["labels"] = {o: d["labels"].get(o) for o in OBSERVATIONS}
+                d["extra"] = json.dumps(d["extra"], ensure_ascii=False, sort_keys=True)
+                rows.append(d)
+                n += 1
+                if len(rows) >= row_group:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                    rows = []
+            if rows or n == 0:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+        return n
     raise StudyError(f"{path}: unknown extension {suffix!r}; use .jsonl or .parquet")
 
 
