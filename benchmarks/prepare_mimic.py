@@ -2,7 +2,7 @@
 
 Builds a MIMIC-CXR-JPG tree (metadata/split/label CSVs gzip'd, tiny JPGs, report .txt files)
 with the test fixture builder, then runs the real command as a separate process and reads its
-peak resident memory from the kernel. Bounded memory shows as a peak that does not grow with
+peak resident memory (GNU time). Bounded memory shows as a peak that does not grow with
 the number of studies.
 
     python benchmarks/prepare_mimic.py --sizes 10000 100000 --workdir /tmp/mimic-bench
@@ -11,7 +11,6 @@ the number of studies.
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import subprocess
 import sys
@@ -23,23 +22,23 @@ sys.path.insert(0, str(ROOT))
 from tests.data.fixtures import build_mimic  # noqa: E402
 
 
-def run(n: int, workdir: Path) -> tuple[float, float, float]:
+def run(n: int, workdir: Path, fmt: str) -> tuple[float, float, float]:
     tree = workdir / f"mimic-{n}"
     if tree.exists():
         shutil.rmtree(tree)
     t0 = time.perf_counter()
     build_mimic(tree, n_extra=n - 3)
     built = time.perf_counter() - t0
-    out = workdir / f"mimic-{n}.parquet"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = workdir / f"mimic-{n}.{fmt}"
+    cmd = ["radixpert", "data", "prepare", "mimic-cxr", "--root", str(tree), "--out", str(out)]
+    # GNU time reports this one process's peak RSS (getrusage of children would report the
+    # largest child so far, which mixes runs).
     t0 = time.perf_counter()
-    subprocess.run(
-        ["radixpert", "data", "prepare", "mimic-cxr", "--root", str(tree), "--out", str(out)],
-        check=True,
-        stderr=subprocess.DEVNULL,
+    p = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *cmd], check=True, capture_output=True, text=True
     )
     took = time.perf_counter() - t0
-    peak_mb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    peak_mb = int(p.stderr.strip().splitlines()[-1]) / 1024
     shutil.rmtree(tree)
     return built, took, peak_mb
 
@@ -48,12 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
     ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--format", default="parquet", choices=("parquet", "jsonl"))
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     print("| studies | tree build (s) | prepare (s) | studies/s | peak RSS (MB) |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for n in args.sizes:
-        built, took, peak = run(n, args.workdir)
+        built, took, peak = run(n, args.workdir, args.format)
         print(f"| {n:,} | {built:.1f} | {took:.1f} | {n / took:,.0f} | {peak:.0f} |", flush=True)
     return 0
 
