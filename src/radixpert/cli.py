@@ -258,6 +258,22 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("--split", default=None, help="only studies of this split")
     ins.add_argument("--seed", type=int, default=0)
     ins.set_defaults(func=_run_data)
+    sp = dsub.add_parser(
+        "split",
+        help="assign patient-level splits where none is given",
+        description="Keep publishers' splits; assign the rest by patient, seeded.",
+    )
+    sp.add_argument("studies", help="Study records in (.jsonl or .parquet)")
+    sp.add_argument("--out", "-o", required=True, help="Study records out")
+    sp.add_argument(
+        "--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1),
+        metavar=("TRAIN", "VALIDATE", "TEST"),
+    )  # fmt: skip
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--stratify", default=None, help="an observation whose positives are balanced across splits"
+    )
+    sp.set_defaults(func=_run_data)
     ph = dsub.add_parser(
         "phantoms",
         help="synthetic chest radiographs with known truth",
@@ -283,6 +299,26 @@ def _run_data(args: argparse.Namespace) -> int:
                 return 2
             options[key.strip().replace("-", "_")] = value
         prepare(args.dataset, args.root, args.out, progress=sys.stderr, **options)
+        return 0
+    if args.data_cmd == "split":
+        from collections import Counter
+
+        from radixpert.data.splits import assign_splits, check_no_leakage
+        from radixpert.data.study import read_studies, write_studies
+
+        studies = assign_splits(
+            list(read_studies(args.studies)),
+            tuple(args.fractions),
+            seed=args.seed,
+            stratify_by=args.stratify,
+        )
+        check_no_leakage(studies)
+        write_studies(studies, args.out)
+        counts = Counter(s.split for s in studies)
+        print(
+            f"{len(studies):,} studies -> {args.out}: "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+        )
         return 0
     if args.data_cmd == "phantoms":
         from radixpert.data.phantoms import run
@@ -345,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from radixpert.data.readers import ReaderError
+    from radixpert.data.splits import SplitError
     from radixpert.data.study import StudyError
     from radixpert.evaluate.base import MetricUnavailable
     from radixpert.evaluate.io import InputError
@@ -357,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         MetricUnavailable,
         StudyError,
         ConversationError,
+        ReaderError,
+        SplitError,
         FileNotFoundError,
         KeyError,
     ) as e:
