@@ -231,6 +231,13 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="reader option, e.g. --option layout=openi (repeatable)",
     )
+    prep.add_argument(
+        "--remove-priors",
+        choices=["rules", "llm"],
+        default=None,
+        help="remove sentences about prior examinations (kept in extra)",
+    )
+    _add_llm_flags(prep)
     prep.set_defaults(func=_run_data)
     ins = dsub.add_parser("instruct", help="Study records -> instruction conversations")
     ins.add_argument("--studies", required=True, help="Study records (.jsonl or .parquet)")
@@ -257,6 +264,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     )
     ins.add_argument("--split", default=None, help="only studies of this split")
     ins.add_argument("--seed", type=int, default=0)
+    _add_llm_flags(ins)
     ins.set_defaults(func=_run_data)
     sp = dsub.add_parser(
         "split",
@@ -298,7 +306,23 @@ def _run_data(args: argparse.Namespace) -> int:
                 )
                 return 2
             options[key.strip().replace("-", "_")] = value
-        prepare(args.dataset, args.root, args.out, progress=sys.stderr, **options)
+        transform = None
+        if args.remove_priors:
+            from radixpert.data.prepare import PriorRemover
+
+            client = (
+                _llm_client(args, "--remove-priors llm") if args.remove_priors == "llm" else None
+            )
+            transform = PriorRemover(args.remove_priors, client)
+        prepare(
+            args.dataset, args.root, args.out, progress=sys.stderr, transform=transform, **options
+        )
+        if transform is not None:
+            print(
+                "prior-reference removal: "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(transform.counts.items())),
+                file=sys.stderr,
+            )
         return 0
     if args.data_cmd == "split":
         from collections import Counter
@@ -336,14 +360,43 @@ def _run_data(args: argparse.Namespace) -> int:
             s for s in read_studies(args.studies) if args.split is None or s.split == args.split
         )
         counts: Counter = Counter()
-        n = write_conversations(
-            build_mixture(studies, weights, repeats, args.seed, counts), args.out
-        )
+        objects = {}
+        if "conversation-llm" in weights:
+            from radixpert.instruct.llm_tasks import LLMConversationTask
+
+            client = _llm_client(args, "--tasks conversation-llm")
+            objects["conversation-llm"] = LLMConversationTask(client)
+        mixture = build_mixture(studies, weights, repeats, args.seed, counts, objects)
+        n = write_conversations(mixture, args.out)
         print(f"{n:,} conversations -> {args.out}")
         for k, v in sorted(counts.items()):
             print(f"  {k}: {v:,}")
         return 0
     return 2
+
+
+def _add_llm_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optional local LLM (off unless --llm-url is given)")
+    g.add_argument(
+        "--llm-url",
+        default=None,
+        help="OpenAI-compatible endpoint on this machine, e.g. http://127.0.0.1:8000/v1",
+    )
+    g.add_argument("--llm-model", default=None, help="model name the endpoint serves")
+    g.add_argument("--llm-api-key-env", default=None, help="env variable with a bearer token")
+    g.add_argument(
+        "--llm-allow-remote",
+        action="store_true",
+        help="allow an endpoint on another host: report text then leaves this machine",
+    )
+
+
+def _llm_client(args: argparse.Namespace, needed_by: str) -> object:
+    from radixpert.llm import ChatClient
+
+    if not args.llm_url or not args.llm_model:
+        raise KeyError(f"{needed_by} needs --llm-url and --llm-model (a local endpoint)")
+    return ChatClient(args.llm_url, args.llm_model, args.llm_api_key_env, args.llm_allow_remote)
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, float]:
@@ -387,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from radixpert.evaluate.base import MetricUnavailable
     from radixpert.evaluate.io import InputError
     from radixpert.instruct.conversation import ConversationError
+    from radixpert.llm import LLMError
 
     try:
         return args.func(args)
@@ -395,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         MetricUnavailable,
         StudyError,
         ConversationError,
+        LLMError,
         ReaderError,
         SplitError,
         FileNotFoundError,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,20 +55,73 @@ def _with_progress(studies: Iterator[Study], stream: TextIO | None) -> Iterator[
         yield s
 
 
+class PriorRemover:
+    """Removes sentences about prior examinations from findings and impression.
+
+    `mode="rules"` uses `radixpert.data.reports.remove_prior_references`; `mode="llm"` asks a
+    local model (`radixpert.data.llm_passes`) and, where its answer does not parse, uses the
+    rules for that study, says so in the study's `extra` and counts it. Removed sentences are
+    kept in `extra["removed_prior_sentences"]`.
+    """
+
+    def __init__(self, mode: str = "rules", client: Any = None) -> None:
+        if mode not in ("rules", "llm") or (mode == "llm" and client is None):
+            raise ValueError("prior removal: mode 'rules', or 'llm' with a client")
+        self.mode, self.client = mode, client
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, study: Study) -> Study:
+        from radixpert.data.llm_passes import llm_prior_sentences
+        from radixpert.data.reports import remove_prior_references
+        from radixpert.llm import LLMError
+
+        removed: dict[str, list[str]] = {}
+        how = self.mode
+        for name in ("findings", "impression"):
+            text = getattr(study, name)
+            if not text.strip():
+                continue
+            if self.mode == "llm":
+                try:
+                    kept, gone = llm_prior_sentences(text, self.client)
+                except LLMError as e:
+                    log.warning("%s: LLM prior-reference pass failed (%s); rules used", study.id, e)
+                    self.counts["llm failed, rules used"] += 1
+                    how = "rules (llm answer unusable)"
+                    kept, gone = remove_prior_references(text)
+            else:
+                kept, gone = remove_prior_references(text)
+            setattr(study, name, kept)
+            if gone:
+                removed[name] = gone
+                self.counts["sentences removed"] += len(gone)
+        study.extra["removed_prior_sentences"] = removed
+        study.extra["prior_removal"] = how
+        self.counts["studies"] += 1
+        return study
+
+
 def prepare(
     dataset: str,
     root: str | Path,
     out: str | Path,
     progress: TextIO | None = None,
+    transform: Callable[[Study], Study] | None = None,
     **options: Any,
 ) -> int:
-    """Read `dataset` under `root` and write its Study records to `out`; returns the count."""
+    """Read `dataset` under `root` and write its Study records to `out`; returns the count.
+
+    `transform` (e.g. a `PriorRemover`) is applied to each study before it is written.
+    """
     read = reader(dataset)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset root is not a directory")
     t0 = time.perf_counter()
-    n = write_studies(_with_progress(read(root, **options), progress), out)
+    studies = read(root, **options)
+    if transform is not None:
+        studies = (transform(s) for s in studies)
+    n = write_studies(_with_progress(studies, progress), out)
     took = time.perf_counter() - t0
     if progress is not None:
         print(f"{dataset}: {n:,} studies -> {out} in {took:.1f} s", file=progress, flush=True)

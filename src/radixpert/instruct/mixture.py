@@ -10,6 +10,7 @@ same inputs and seed always give the same set.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections import Counter
@@ -19,6 +20,8 @@ from radixpert.data.study import Study
 from radixpert.instruct.conversation import Conversation
 from radixpert.instruct.tasks import Task, create
 
+log = logging.getLogger(__name__)
+
 
 def build_mixture(
     studies: Iterable[Study],
@@ -26,13 +29,21 @@ def build_mixture(
     repeats: dict[str, float] | None = None,
     seed: int = 0,
     counts: Counter | None = None,
+    task_objects: dict[str, Task] | None = None,
 ) -> Iterator[Conversation]:
     """Conversations of every task for every study, by weight and repeat factor.
 
-    `counts` (if given) is filled with the number of conversations per task, and with
-    "skipped:<task>" for studies a task could not use (no boxes, no labels, no text).
+    `counts` (if given) is filled with the number of conversations per task, with
+    "skipped:<task>" for studies a task could not use (no boxes, no labels, no text), and with
+    "failed:<task>" for studies an LLM-written task could not turn into turns.
+    `task_objects` supplies tasks that need construction arguments (an LLM client).
     """
-    tasks: list[tuple[Task, float]] = [(create(n), float(w)) for n, w in weights.items()]
+    from radixpert.llm import LLMError
+
+    given = task_objects or {}
+    tasks: list[tuple[Task, float]] = [
+        (given[n] if n in given else create(n), float(w)) for n, w in weights.items()
+    ]
     for _, w in tasks:
         if w < 0 or math.isnan(w):
             raise ValueError(f"task weights must be >= 0, got {weights}")
@@ -45,7 +56,12 @@ def build_mixture(
             expected = w * r
             copies = int(expected) + (rng.random() < expected - int(expected))
             for c in range(copies):
-                made = task.build(study, rng)
+                try:
+                    made = task.build(study, rng)
+                except LLMError as e:
+                    log.warning("%s", e)
+                    counts[f"failed:{task.name}"] += 1
+                    break
                 if not made:
                     counts[f"skipped:{task.name}"] += 1
                     break

@@ -306,6 +306,8 @@ TASKS: dict[str, Any] = {
 
 
 def create(name: str) -> Task:
+    if name == "conversation-llm":
+        raise KeyError("task 'conversation-llm' needs a local LLM: give --llm-url and --llm-model")
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     return TASKS[name]()
