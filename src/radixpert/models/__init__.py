@@ -1,0 +1,1 @@
+"""Model components: vision towers, connectors and their builders."""
