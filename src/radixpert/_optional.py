@@ -22,6 +22,8 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "metrics"),
     "pandas": ("pandas", "metrics"),
     "sentencepiece": ("sentencepiece", "metrics"),
+    "peft": ("peft==0.21.2", "models"),
+    "bitsandbytes": ("bitsandbytes", "models"),
     "pyarrow": ("pyarrow", "data"),
     "pydicom": ("pydicom", "data"),
     "PIL": ("pillow", "data"),
