@@ -410,6 +410,26 @@ def _pairs(items: list[str], flag: str) -> dict[str, float]:
     return out
 
 
+def _model_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "model",
+        help="model sizes and their parameter tables",
+        description="Components and ablation table of a named model size.",
+    )
+    msub = p.add_subparsers(dest="model_cmd", required=True)
+    info = msub.add_parser("info", help="component and ablation tables of a named size")
+    info.add_argument("name", help="a named size, e.g. llama32_vision_11b")
+    info.add_argument("--lora-rank", type=int, default=64)
+    p.set_defaults(func=_run_model)
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    from radixpert.models.info import model_info
+
+    print(model_info(args.name, args.lora_rank))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from radixpert import __version__
 
@@ -425,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     _label_parser(sub)
     _models_parser(sub)
     _data_parser(sub)
+    _model_parser(sub)
     return parser
 
 

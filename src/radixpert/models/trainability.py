@@ -51,6 +51,14 @@ LLAVA_COMPONENTS: dict[str, Prefix] = {
     "language_model": re.compile(r"model\.language_model|lm_head"),
 }
 
+# transformers 5 LlavaOnevisionForConditionalGeneration: as Llava, plus the learned
+# `image_newline` embedding between image rows, which belongs with the projector.
+ONEVISION_COMPONENTS: dict[str, Prefix] = {
+    "vision_tower": "model.vision_tower",
+    "connector": re.compile(r"model\.(multi_modal_projector|image_newline)"),
+    "language_model": re.compile(r"model\.language_model|lm_head"),
+}
+
 # transformers 5 MllamaForConditionalGeneration. The vision model has q_proj/k_proj/v_proj/o_proj
 # too, so LoRA names such as "q_proj" alone would also wrap it (toolchain.md); anchoring the
 # targets under model.language_model keeps LoRA on the text self- and cross-attention only.
