@@ -1,0 +1,423 @@
+"""The llava family: a vision tower, a connector (``mlp`` or ``hcf``) and a causal LM.
+
+    model = build_llava(CLIPVisionConfig(...), LlamaConfig(...), connector="hcf",
+                        image_token_index=32000)
+    out = model(input_ids=ids, pixel_values=pixels, attention_mask=mask, labels=labels)
+    model.last_gate_weights                                # (images, levels), for logging
+    model.save_pretrained(path); model = load_llava(path)  # HCF weights included
+    model = tiny_llava("hcf")                              # tests: same builder, tiny sizes
+
+Everything is transformers' ``LlavaForConditionalGeneration``, so generation, the KV cache,
+saving and peft come from transformers:
+
+- ``connector="mlp"`` is plain Llava (LLaVA-1.5's projector on ``vision_feature_layer``); its
+  checkpoints load in any tool that reads Llava.
+- ``connector="hcf"`` is ``HCFLlavaForConditionalGeneration``, a Llava subclass whose
+  ``model.multi_modal_projector`` is an ``HCF`` (connectors.py). ``config.vision_feature_layer``
+  holds the HCF depths (``fusion_layers`` by default), read from the vision tower's
+  ``hidden_states`` exactly as Llava reads them (``vision_feature_select_strategy="default"``
+  drops the CLS token). The HCF's text is the embedded prompt: the input embeddings of the
+  tokens that are attended (``attention_mask``), not image placeholders, and not training
+  targets (``labels != -100``). Excluding the targets matters: image tokens come before the
+  answer, so fusing the answer into them would let the model read the report it must write,
+  and at generation time there is no answer to read. The fused tokens h* take the
+  image-token positions, as the projector output does in Llava.
+
+Each image is fused with the prompt of the sample whose ``<image>`` tokens it fills, so
+several images per sample work as in Llava (the images' order is the placeholders' order).
+
+Saving: the HCF model has its own ``model_type`` (``radixpert_hcf_llava``), so its config
+(HCF depths and settings) and all its weights, HCF included, go through ``save_pretrained``;
+``load_llava`` (or ``HCFLlavaForConditionalGeneration.from_pretrained``, or the Auto classes
+after ``register_auto_classes()``) rebuilds it. Do not load it with plain
+``LlavaForConditionalGeneration``: transformers only warns (model-type mismatch, HCF weights
+unexpected) and gives a random projector.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PretrainedConfig,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrainedModel
+
+from radixpert.models.connectors import CONNECTOR_KINDS, HCF
+from radixpert.models.vision import fusion_layers
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+HCF_MODEL_TYPE = "radixpert_hcf_llava"
+# Vision configs whose encoders have no CLS token: Llava's "default" strategy would drop a patch.
+_NO_CLS = ("siglip_vision_model", "siglip2_vision_model")
+
+
+@strict
+class HCFLlavaConfig(LlavaConfig):
+    """``LlavaConfig`` plus the HCF connector's settings (``vision_feature_layer``: its depths).
+
+    Args:
+        hcf_gate: ``"learned"`` or ``"equal"`` (see ``HCF``).
+        hcf_num_heads: Cross-attention heads; must divide the text hidden size.
+        hcf_gate_hidden: Hidden width of the gate MLP.
+        hcf_dropout: Attention dropout inside the HCF.
+    """
+
+    model_type = HCF_MODEL_TYPE
+
+    hcf_gate: Literal["learned", "equal"] = "learned"
+    hcf_num_heads: int = 8
+    hcf_gate_hidden: int = 256
+    hcf_dropout: float = 0.0
+
+
+class HCFLlavaModel(LlavaModel):
+    """``LlavaModel`` with an ``HCF`` as ``multi_modal_projector``."""
+
+    config_class = HCFLlavaConfig
+
+    def __init__(self, config: HCFLlavaConfig) -> None:
+        # LlavaModel.__init__ would build (and then waste) a projector; build the parts here.
+        LlavaPreTrainedModel.__init__(self, config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = HCF(
+            config.vision_config.hidden_size,
+            config.text_config.hidden_size,
+            levels=len(_layers(config)),
+            gate=config.hcf_gate,
+            num_heads=config.hcf_num_heads,
+            gate_hidden=config.hcf_gate_hidden,
+            dropout=config.hcf_dropout,
+        )
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.last_gate_weights: Tensor | None = None
+        self.post_init()
+
+    def get_level_states(self, pixel_values: Tensor) -> list[Tensor]:
+        """Vision hidden states at the HCF depths, lowest first, each (images, tokens, hidden).
+
+        Depths and the CLS handling follow Llava's ``vision_feature_layer`` and
+        ``vision_feature_select_strategy``.
+        """
+        outputs = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+        states = [outputs.hidden_states[layer] for layer in _layers(self.config)]
+        if self.config.vision_feature_select_strategy == "default":
+            states = [state[:, 1:] for state in states]
+        return states
+
+    def get_image_features(  # type: ignore[override]
+        self,
+        pixel_values: Tensor,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
+        """Fuses each image with its text; ``pooler_output`` holds h* per image, as in Llava.
+
+        Args:
+            pixel_values: (images, C, H, W).
+            text_embeds: (images, text tokens, text hidden), the prompt of each image's sample;
+                None fuses without text (the HCF's image-only mode).
+            text_mask: (images, text tokens), True where a text token is part of the prompt.
+            **kwargs: Accepted for Llava's signature and ignored.
+
+        Returns:
+            ``BaseModelOutputWithPooling`` with ``pooler_output`` a list of (tokens, text
+            hidden) tensors and ``attentions`` unset; the gate weights are in
+            ``self.last_gate_weights`` (images, levels), detached.
+        """
+        fused = self.multi_modal_projector(
+            self.get_level_states(pixel_values), text_embeds, text_mask
+        )
+        self.last_gate_weights = fused.gate_weights.detach()
+        return BaseModelOutputWithPooling(
+            last_hidden_state=fused.hidden, pooler_output=list(fused.hidden)
+        )
+
+
+class HCFLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    """Llava whose connector is an HCF fed by the vision depths and the embedded prompt.
+
+    ``last_gate_weights`` holds the gate weights of the last forward that saw images,
+    (images, levels), detached; None before any.
+    """
+
+    config_class = HCFLlavaConfig
+
+    def __init__(self, config: HCFLlavaConfig) -> None:
+        # LlavaForConditionalGeneration.__init__ would build a whole plain LlavaModel first.
+        LlavaPreTrainedModel.__init__(self, config)
+        self.model = HCFLlavaModel(config)
+        self.lm_head = nn.Linear(
+            config.text_config.hidden_size, config.text_config.vocab_size, bias=False
+        )
+        self.last_gate_weights: Tensor | None = None
+        self.post_init()
+
+    def _supports_mm_encoder_outputs(self) -> bool:
+        # generate() would otherwise encode the images before prefill through
+        # get_image_features, without the prompt; forward() fuses them with it instead.
+        return False
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Llava's forward with the images fused with the prompt by the HCF.
+
+        Arguments are Llava's. With ``pixel_values``, ``input_ids`` are required (they locate
+        the image tokens and the prompt); ``mm_encoder_outputs`` are refused, as they carry no
+        prompt.
+
+        Raises:
+            ValueError: On the inputs above, or when the image tokens of a sample are not a
+                whole number of images.
+        """
+        if kwargs.get("mm_encoder_outputs"):
+            raise ValueError("the HCF connector fuses images with the prompt: pass pixel_values")
+        if pixel_values is not None:
+            if input_ids is None:
+                raise ValueError("the HCF connector needs input_ids with pixel_values")
+            features = self._fuse_images(input_ids, pixel_values, attention_mask, labels)
+            kwargs["mm_encoder_outputs"] = {"image": features}
+            self.last_gate_weights = self.model.last_gate_weights
+        return super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
+        )
+
+    def _fuse_images(
+        self,
+        input_ids: Tensor,
+        pixel_values: Tensor,
+        attention_mask: Tensor | None,
+        labels: Tensor | None,
+    ) -> BaseModelOutputWithPooling:
+        image_tokens = input_ids == self.config.image_token_index
+        prompt = ~image_tokens
+        if attention_mask is not None:
+            prompt &= attention_mask.bool()
+        if labels is not None:
+            prompt &= labels == IGNORE_INDEX
+        text_embeds = self.get_input_embeddings()(input_ids)
+        # Which sample's prompt each image gets: images fill the placeholders in order.
+        per_image = self.config.image_seq_length
+        counts = image_tokens.sum(dim=1)
+        if bool((counts % per_image).any()):
+            raise ValueError(
+                f"image tokens per sample {counts.tolist()} are not multiples of "
+                f"image_seq_length={per_image}"
+            )
+        owner = torch.repeat_interleave(
+            torch.arange(input_ids.shape[0], device=input_ids.device), counts // per_image
+        )
+        if owner.numel() != pixel_values.shape[0]:
+            raise ValueError(
+                f"{pixel_values.shape[0]} images but image tokens for {owner.numel()} "
+                f"({per_image} tokens each)"
+            )
+        return self.model.get_image_features(
+            pixel_values, text_embeds=text_embeds[owner], text_mask=prompt[owner]
+        )
+
+
+def _layers(config: LlavaConfig) -> list[int]:
+    layer = config.vision_feature_layer
+    return [layer] if isinstance(layer, int) else list(layer)
+
+
+def _image_seq_length(vision_config: PretrainedConfig, strategy: str) -> int:
+    """Image tokens per image that Llava's feature selection gives (CLS dropped by "default")."""
+    size, patch = vision_config.image_size, vision_config.patch_size
+    prefix = 0 if vision_config.model_type in _NO_CLS else 1
+    return (size // patch) ** 2 + prefix - (1 if strategy == "default" else 0)
+
+
+def build_llava(
+    vision_config: PretrainedConfig | dict[str, Any],
+    text_config: PretrainedConfig | dict[str, Any],
+    connector: str = "mlp",
+    hcf_layers: list[int] | None = None,
+    image_token_index: int = 32000,
+    **opts: Any,
+) -> LlavaForConditionalGeneration:
+    """Builds a random-init llava-style model from a vision and a text config.
+
+    Args:
+        vision_config: Any vision encoder config ``AutoModel`` builds (CLIP, SigLIP, DINOv2,
+            ViT), or a dict with its ``model_type``.
+        text_config: Any causal-LM config ``AutoModel`` builds, or a dict with ``model_type``.
+        connector: ``"mlp"`` (plain Llava) or ``"hcf"``.
+        hcf_layers: HCF depths in ``hidden_states`` numbering, lowest first; default
+            ``fusion_layers(vision depth)`` (three levels). Only for ``"hcf"``.
+        image_token_index: Id of the ``<image>`` placeholder; must lie inside the vocabulary.
+        **opts: Further ``LlavaConfig`` fields (e.g. ``vision_feature_layer`` for ``mlp``,
+            ``vision_feature_select_strategy``), and for ``hcf`` the ``HCFLlavaConfig``
+            fields ``hcf_gate``, ``hcf_num_heads``, ``hcf_gate_hidden``, ``hcf_dropout``.
+            The strategy defaults to ``"full"`` for encoders without CLS (SigLIP), else
+            ``"default"``; ``image_seq_length`` is computed from it.
+
+    Returns:
+        ``LlavaForConditionalGeneration`` for ``mlp``, ``HCFLlavaForConditionalGeneration``
+        for ``hcf``, in training mode.
+
+    Raises:
+        ValueError: For an unknown connector, HCF settings given to ``mlp``, or an image token
+            outside the vocabulary.
+    """
+    if connector not in CONNECTOR_KINDS:
+        raise ValueError(f"unknown connector {connector!r}; choose one of {CONNECTOR_KINDS}")
+    vision_config = _as_config(vision_config)
+    text_config = _as_config(text_config)
+    if not 0 <= image_token_index < text_config.vocab_size:
+        raise ValueError(
+            f"image_token_index {image_token_index} outside the vocabulary "
+            f"(vocab_size {text_config.vocab_size})"
+        )
+    no_cls = vision_config.model_type in _NO_CLS
+    strategy = opts.setdefault("vision_feature_select_strategy", "full" if no_cls else "default")
+    opts.setdefault("image_seq_length", _image_seq_length(vision_config, strategy))
+    common = {
+        "vision_config": vision_config,
+        "text_config": text_config,
+        "image_token_index": image_token_index,
+    }
+    if connector == "mlp":
+        extra = [k for k in opts if k.startswith("hcf_")]
+        if hcf_layers is not None or extra:
+            raise ValueError(f"HCF settings {extra or ['hcf_layers']} given to the mlp connector")
+        config: LlavaConfig = LlavaConfig(**common, **opts)
+        model: LlavaForConditionalGeneration = LlavaForConditionalGeneration(config)
+    else:
+        if "vision_feature_layer" in opts:
+            raise ValueError("for the hcf connector give the depths as hcf_layers")
+        depth = vision_config.num_hidden_layers
+        layers = list(hcf_layers) if hcf_layers else fusion_layers(depth)
+        if any(not -depth - 1 <= layer <= depth for layer in layers):
+            raise ValueError(
+                f"hcf_layers {layers} outside the vision tower: depths are {-depth - 1}..{depth}"
+            )
+        config = HCFLlavaConfig(**common, vision_feature_layer=layers, **opts)
+        model = HCFLlavaForConditionalGeneration(config)
+    logger.info(
+        "built llava (%s connector): %s vision + %s text, %.2f M parameters",
+        connector,
+        vision_config.model_type,
+        text_config.model_type,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
+    return model
+
+
+def _as_config(config: PretrainedConfig | dict[str, Any]) -> PretrainedConfig:
+    if isinstance(config, dict):
+        fields = dict(config)
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
+    # A copy, so models built from one config object do not share (and mutate) it.
+    return copy.deepcopy(config)
+
+
+def tiny_text_config() -> LlamaConfig:
+    """A tiny random-init Llama for tests: vocab 64, hidden 32, 2 layers, 4 heads."""
+    return LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
+TINY_IMAGE_TOKEN = 63
+
+
+def tiny_llava(connector: str = "mlp") -> LlavaForConditionalGeneration:
+    """A tiny llava for tests: CLIP (32 px, patch 8, 16 image tokens) + Llama, image token 63.
+
+    Built by ``build_llava``, the same code as full sizes; HCF: depths [1, 3, 4], 4 heads.
+    """
+    clip = CLIPVisionConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    opts: dict[str, Any] = {}
+    if connector == "hcf":
+        opts = {"hcf_num_heads": 4, "hcf_gate_hidden": 32}
+    return build_llava(
+        clip, tiny_text_config(), connector, image_token_index=TINY_IMAGE_TOKEN, **opts
+    )
+
+
+def register_auto_classes() -> None:
+    """Lets ``AutoConfig`` and ``AutoModelForImageTextToText`` load HCF llava checkpoints."""
+    AutoConfig.register(HCF_MODEL_TYPE, HCFLlavaConfig, exist_ok=True)
+    AutoModelForImageTextToText.register(
+        HCFLlavaConfig, HCFLlavaForConditionalGeneration, exist_ok=True
+    )
+
+
+def load_llava(path: str | Path, **kwargs: Any) -> LlavaForConditionalGeneration:
+    """Loads a model saved by ``save_pretrained``: plain Llava or the HCF variant.
+
+    Args:
+        path: A local model directory.
+        **kwargs: Passed to ``from_pretrained`` (e.g. ``dtype``).
+
+    Raises:
+        ValueError: If the directory holds neither a Llava nor an HCF llava model.
+    """
+    config_file = Path(path) / "config.json"
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    classes = {
+        "llava": LlavaForConditionalGeneration,
+        HCF_MODEL_TYPE: HCFLlavaForConditionalGeneration,
+    }
+    if model_type not in classes:
+        raise ValueError(
+            f"{config_file}: model_type {model_type!r} is not one of {sorted(classes)}"
+        )
+    logger.info("loading %s from %s", model_type, path)
+    return classes[model_type].from_pretrained(path, **kwargs)
+
+
+__all__ = [
+    "HCF_MODEL_TYPE",
+    "TINY_IMAGE_TOKEN",
+    "HCFLlavaConfig",
+    "HCFLlavaForConditionalGeneration",
+    "HCFLlavaModel",
+    "build_llava",
+    "load_llava",
+    "register_auto_classes",
+    "tiny_llava",
+    "tiny_text_config",
+]
