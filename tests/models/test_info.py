@@ -38,3 +38,20 @@ def test_unknown_name(capsys):
 def test_other_families_print(name, capsys):
     assert main(["model", "info", name]) == 0
     assert "language_model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-llava-hcf", "tiny-encoder-decoder"])
+def test_tiny_families(name, capsys):
+    assert main(["model", "info", name]) == 0
+    out = capsys.readouterr().out
+    assert "tiny, random weights" in out and "connector" in out
+
+
+def test_from_a_saved_config(tmp_path, capsys):
+    from radixpert.models.llava import tiny_llava
+
+    tiny_llava("hcf").save_pretrained(tmp_path / "m")
+    assert main(["model", "info", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "HCFLlavaForConditionalGeneration, from its config" in out
+    assert "all                       86,115  100.00%" in out

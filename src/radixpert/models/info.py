@@ -9,6 +9,8 @@ from building the connector itself on the meta device.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,11 +26,61 @@ from radixpert.models.trainability import (
     parameter_report,
 )
 
+# RadScribe: backbone + image projection = vision; joint encoder, [CLS]/[SEP] and label
+# branch = connector; the T5 decoder (with the memory projection) = language model.
+ENCODER_DECODER_COMPONENTS: dict[str, Any] = {
+    "vision_tower": re.compile(r"backbone|image_proj"),
+    "connector": re.compile(
+        r"joint|cls_embedding|sep_embedding|label_embeddings|label_fusion|label_head|label_norm"
+    ),
+    "language_model": re.compile(r"t5|memory_proj"),
+}
+
 
 def _prefixes(model: nn.Module) -> dict[str, Any]:
+    if not hasattr(model, "config"):  # RadScribe keeps three sub-configs instead
+        return ENCODER_DECODER_COMPONENTS
     return {"mllama": MLLAMA_COMPONENTS, "llava_onevision": ONEVISION_COMPONENTS}.get(
         model.config.model_type, LLAVA_COMPONENTS
     )
+
+
+def _tiny(name: str) -> nn.Module | None:
+    """A tiny model of a family, built with random weights by the family's own builder."""
+    import importlib
+
+    builders = {
+        "tiny-llava": ("radixpert.models.llava", "tiny_llava", {"connector": "mlp"}),
+        "tiny-llava-hcf": ("radixpert.models.llava", "tiny_llava", {"connector": "hcf"}),
+        "tiny-encoder-decoder": ("radixpert.models.encoder_decoder", "tiny_encoder_decoder", {}),
+        "tiny-mllama": ("radixpert.models.mllama", "tiny_mllama", {}),
+        "tiny-onevision": ("radixpert.models.onevision", "tiny_onevision", {}),
+    }
+    if name not in builders:
+        return None
+    module, fn, kwargs = builders[name]
+    return getattr(importlib.import_module(module), fn)(**kwargs)
+
+
+TINY_NAMES = (
+    "tiny-llava",
+    "tiny-llava-hcf",
+    "tiny-encoder-decoder",
+    "tiny-mllama",
+    "tiny-onevision",
+)
+
+
+def _from_config(path: Path) -> nn.Module:
+    """A model built on the meta device from a saved config.json (or a folder holding one)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from radixpert.models.llava import register_auto_classes
+
+    register_auto_classes()
+    cfg = AutoConfig.from_pretrained(path.parent if path.is_file() else path)
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(cfg)
 
 
 def lora_parameters(model: nn.Module, rank: int, targets: tuple[str, ...]) -> int:
@@ -48,11 +100,9 @@ def hcf_parameters(model: nn.Module, levels: int = 3) -> tuple[int, int]:
     """(all HCF parameters, of which the gate's) for this model's widths."""
     cfg = model.config
     text_hidden = cfg.text_config.hidden_size
-    if cfg.model_type == "mllama":
-        # HCF acts on the cross-attention states, which have the projector's output width.
-        vision_hidden = cfg.vision_config.vision_output_dim
-    else:
-        vision_hidden = cfg.vision_config.hidden_size
+    # Each HCF level takes one depth of the vision tower, of the tower's width (for Mllama,
+    # one of the layer groups its vision model concatenates into the cross-attention states).
+    vision_hidden = cfg.vision_config.hidden_size
     with torch.device("meta"):
         hcf = HCF(vision_hidden, text_hidden, levels=levels)
     total = sum(p.numel() for p in hcf.parameters())
@@ -65,7 +115,13 @@ def ablation_rows(
 ) -> list[dict[str, Any]]:
     base = sum(p.numel() for p in model.parameters())
     lora = lora_parameters(model, rank, targets)
-    hcf, gate = hcf_parameters(model)
+    connector = getattr(getattr(model, "model", None), "multi_modal_projector", None)
+    if isinstance(connector, HCF):  # the model already fuses with HCF: count the real one
+        hcf = sum(p.numel() for p in connector.parameters())
+        gate = sum(p.numel() for n, p in connector.named_parameters() if "gate" in n)
+        base -= hcf
+    else:
+        hcf, gate = hcf_parameters(model)
     rows = [("base (frozen)", base, 0), (f"+ LoRA r{rank}", base + lora, lora),
             ("+ HCF (equal weights)", base + lora + hcf - gate, lora + hcf - gate),
             ("+ gate", base + lora + hcf, lora + hcf)]  # fmt: skip
@@ -76,17 +132,28 @@ def ablation_rows(
 
 
 def model_info(name: str, rank: int = 64) -> str:
-    """The text `radixpert model info` prints for a named size."""
-    if name not in SIZES:
-        raise KeyError(f"unknown model size {name!r}; known: {', '.join(SIZES)}")
-    model = build_meta(name)
+    """The text `radixpert model info` prints for a named size, a tiny family or a config."""
+    if name in SIZES:
+        model, how = build_meta(name), "built on the meta device: no weights"
+    elif (tiny := _tiny(name)) is not None:
+        model, how = tiny, "tiny, random weights"
+    elif Path(name).exists():
+        model, how = _from_config(Path(name)), "from its config, on the meta device"
+    else:
+        raise KeyError(
+            f"unknown model {name!r}: give a named size ({', '.join(SIZES)}), a "
+            f"tiny family ({', '.join(TINY_NAMES)}) or a config.json / model folder"
+        )
     rows = parameter_report(model, _prefixes(model))
     total = rows[-1]["total"]
-    lines = [f"{name} ({type(model).__name__}, built on the meta device: no weights)", "",
+    lines = [f"{name} ({type(model).__name__}, {how})", "",
              f"{'component':<16} {'parameters':>15} {'share':>8}"]  # fmt: skip
     lines += [
         f"{r['component']:<16} {r['total']:>15,} {100 * r['total'] / total:>7.2f}%" for r in rows
     ]
+    if not hasattr(model, "config"):
+        lines += ["", "(ablation table: for the families with a decoder language model)"]
+        return "\n".join(lines)
     lines += ["", f"{'configuration':<24} {'total':>15} {'trainable':>14} {'%':>8}"]
     for r in ablation_rows(model, rank):
         lines.append(
