@@ -31,7 +31,7 @@ def test_lora_count_is_exact_for_llava():
 
 def test_unknown_name(capsys):
     assert main(["model", "info", "gpt-5"]) == 2
-    assert "unknown model size 'gpt-5'" in capsys.readouterr().err
+    assert "unknown model 'gpt-5': give a named size" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["llama32_vision_11b", "llava_onevision_7b"])
