@@ -1,0 +1,406 @@
+"""``RadProcessor``: the image transform, tokenizer and chat template a model was trained with.
+
+One object turns radiographs and LLaVA/ShareGPT conversations into model inputs, and the same
+object (saved beside the weights) is used by training, generation and serving, so they cannot
+drift apart (STYLE.md rule 5)::
+
+    processor = RadProcessor.from_model(model, tokenizer, template="vicuna")
+    batch = processor([image], [[{"from": "human", "value": "<image>\\nFindings?"},
+                                 {"from": "gpt", "value": "No acute process."}]])
+    loss = model(**batch).loss
+    prompt = processor([image], [[{"from": "human", "value": "<image>\\nFindings?"}]],
+                       add_generation_prompt=True)       # left-padded, for generate()
+    processor.save_pretrained(path); processor = RadProcessor.from_pretrained(path)
+
+Image transform: a grayscale radiograph (2-D array in [0, 1] or uint8, a PIL image, or a path
+read by ``data.images.load_image``) is letterboxed to the tower's ``image_size`` by
+``data.images.resize_letterbox``, normalised with the tower's mean/std, and either replicated
+to 3 channels (towers pretrained on RGB: CLIP, SigLIP, ViT, DINOv2) or kept as 1 channel
+(towers built with ``num_channels=1``); ``channels`` records which.
+
+Chat templates: ``"vicuna"`` (LLaVA-1.5: ``"<system> USER: <image>\\n... ASSISTANT: ...</s>"``)
+and ``"llama3"`` (header/eot markup). Each ``<image>`` in the text becomes
+``image_seq_length`` image tokens. Labels are -100 everywhere except the assistant's answers
+(and the end-of-turn marker after each), so the prompt and image tokens never count in the
+loss.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from radixpert.data.images import load_image, resize_letterbox
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+PROCESSOR_FILE = "radixpert_processor.json"
+IMAGE_PLACEHOLDER = "<image>"
+VICUNA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+TEMPLATES: tuple[str, ...] = ("vicuna", "llama3")
+
+# Per vision-config model_type: (mean, std) used in pretraining.
+_CLIP_STATS = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_HALF_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+TOWER_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "clip_vision_model": _CLIP_STATS,
+    "siglip_vision_model": _HALF_STATS,
+    "siglip2_vision_model": _HALF_STATS,
+    "vit": _HALF_STATS,
+    "dinov2": _IMAGENET_STATS,
+}
+# Text model_type -> chat template, when none is given.
+_FAMILY_TEMPLATE = {"llama": "vicuna", "mistral": "vicuna", "qwen2": "vicuna"}
+
+Turn = Mapping[str, str]
+Conversation = Sequence[Turn] | Mapping[str, Any]
+
+
+@dataclass
+class ProcessorConfig:
+    """The settings a ``RadProcessor`` saves (everything except the tokenizer).
+
+    Args:
+        image_size: Square side the letterbox produces (the tower's ``image_size``).
+        image_mean: Per-channel mean (one value per output channel, or one for all).
+        image_std: Per-channel std, as ``image_mean``.
+        channels: 3 (grey replicated, for RGB-pretrained towers) or 1.
+        image_seq_length: Image tokens per ``<image>`` in the model's input.
+        image_token: The tokenizer's image placeholder token.
+        template: ``"vicuna"`` or ``"llama3"``.
+        system: System prompt; None uses the template's default (Vicuna's) or none.
+        resample: Resampling filter for the letterbox.
+        max_length: Truncate sequences longer than this (None: no limit).
+    """
+
+    image_size: int
+    image_mean: list[float] = field(default_factory=lambda: list(_CLIP_STATS[0]))
+    image_std: list[float] = field(default_factory=lambda: list(_CLIP_STATS[1]))
+    channels: int = 3
+    image_seq_length: int = 576
+    image_token: str = IMAGE_PLACEHOLDER
+    template: str = "vicuna"
+    system: str | None = None
+    resample: str = "bicubic"
+    max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+        for name in ("image_mean", "image_std"):
+            values = list(getattr(self, name))
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"{name} needs 1 or {self.channels} values, got {values}")
+            setattr(self, name, [float(v) for v in values])
+
+
+class RadProcessor:
+    """Image transform + tokenizer + chat template of one model.
+
+    Args:
+        tokenizer: A transformers tokenizer that knows ``config.image_token`` as one token.
+        config: The image and template settings.
+
+    Raises:
+        ValueError: If the tokenizer does not have the image token.
+    """
+
+    def __init__(self, tokenizer: Any, config: ProcessorConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {config.image_token!r} token")
+        self.image_token_id = int(token_id)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        template: str | None = None,
+        **overrides: Any,
+    ) -> RadProcessor:
+        """Reads the image settings a model needs from its config.
+
+        Args:
+            model: A llava-style model (``config.vision_config``, ``image_seq_length``).
+            tokenizer: Its tokenizer, holding the ``<image>`` token.
+            template: Chat template; None picks by the text model's family.
+            **overrides: Any ``ProcessorConfig`` field.
+        """
+        config = model.config
+        vision = config.vision_config
+        mean, std = TOWER_STATS.get(vision.model_type, _CLIP_STATS)
+        channels = int(getattr(vision, "num_channels", 3))
+        text_type = config.text_config.model_type
+        settings: dict[str, Any] = {
+            "image_size": int(vision.image_size),
+            "image_mean": list(mean[:channels]),
+            "image_std": list(std[:channels]),
+            "channels": channels,
+            "image_seq_length": int(config.image_seq_length),
+            "template": template or _FAMILY_TEMPLATE.get(text_type, "vicuna"),
+        }
+        settings.update(overrides)
+        return cls(tokenizer, ProcessorConfig(**settings))
+
+    # ------------------------------------------------------------------ images
+
+    def preprocess_image(self, image: Any) -> torch.Tensor:
+        """One radiograph -> (channels, image_size, image_size) float tensor, normalised.
+
+        Args:
+            image: 2-D array (float in [0, 1] or uint8), an (H, W, 3) array (converted to grey
+                by luma), a PIL image, or a path.
+        """
+        arr = _as_gray(image)
+        size = self.config.image_size
+        boxed, _ = resize_letterbox(arr, size, resample=self.config.resample)
+        mean = np.asarray(self.config.image_mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.config.image_std, dtype=np.float32)[:, None, None]
+        stacked = np.broadcast_to(boxed[None], (self.config.channels, size, size))
+        return torch.from_numpy(np.ascontiguousarray((stacked - mean) / std, dtype=np.float32))
+
+    # ------------------------------------------------------------------ text
+
+    def _segments(
+        self, conversation: Conversation, add_generation_prompt: bool
+    ) -> list[tuple[str, bool]]:
+        """The conversation as (text, is_target) pieces in template order."""
+        turns = _turns(conversation)
+        tok = self.tokenizer
+        pieces: list[tuple[str, bool]] = []
+        if self.config.template == "vicuna":
+            eos = tok.eos_token or "</s>"
+            system = self.config.system if self.config.system is not None else VICUNA_SYSTEM
+            pieces.append((f"{system} " if system else "", False))
+            for turn in turns:
+                if turn["from"] == "human":
+                    pieces.append((f"USER: {turn['value']} ASSISTANT:", False))
+                else:
+                    pieces.append((f" {turn['value']}{eos}", True))
+            open_prompt = turns[-1]["from"] == "human"
+        else:
+            pieces.append(("<|begin_of_text|>", False))
+            if self.config.system:
+                pieces.append((_llama3_header("system") + f"{self.config.system}<|eot_id|>", False))
+            for turn in turns:
+                if turn["from"] == "human":
+                    pieces.append((_llama3_header("user") + f"{turn['value']}<|eot_id|>", False))
+                    pieces.append((_llama3_header("assistant"), False))
+                else:
+                    pieces.append((f"{turn['value']}<|eot_id|>", True))
+            open_prompt = turns[-1]["from"] == "human"
+        if open_prompt and not add_generation_prompt:
+            raise ValueError("conversation ends with a human turn: use add_generation_prompt")
+        if add_generation_prompt and not open_prompt:
+            raise ValueError("add_generation_prompt needs a conversation ending with a human turn")
+        return pieces
+
+    def _encode_text(self, text: str) -> list[int]:
+        """Token ids of ``text``, each ``<image>`` expanded to ``image_seq_length`` tokens."""
+        ids: list[int] = []
+        parts = text.split(self.config.image_token)
+        for i, part in enumerate(parts):
+            if i:
+                ids.extend([self.image_token_id] * self.config.image_seq_length)
+            if part:
+                ids.extend(self.tokenizer(part, add_special_tokens=False)["input_ids"])
+        return ids
+
+    def encode_conversation(
+        self, conversation: Conversation, add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of one conversation, unpadded."""
+        ids: list[int] = []
+        labels: list[int] = []
+        bos = self.tokenizer.bos_token_id
+        if self.config.template == "vicuna" and bos is not None:
+            ids.append(int(bos))
+            labels.append(IGNORE_INDEX)
+        for text, target in self._segments(conversation, add_generation_prompt):
+            piece = self._encode_text(text)
+            ids.extend(piece)
+            labels.extend(piece if target else [IGNORE_INDEX] * len(piece))
+        if self.config.max_length is not None:
+            ids, labels = ids[: self.config.max_length], labels[: self.config.max_length]
+        return ids, labels
+
+    # ------------------------------------------------------------------ batch
+
+    def __call__(
+        self,
+        images: Sequence[Any] | None,
+        conversations: Sequence[Conversation],
+        add_generation_prompt: bool = False,
+        padding_side: str | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Builds a padded batch.
+
+        Args:
+            images: One entry per conversation: an image or a list of images, one per
+                ``<image>`` in that conversation (in order); None for text-only batches. A
+                conversation with images but no ``<image>`` gets ``"<image>\\n"`` before its
+                first human turn, as in LLaVA.
+            conversations: LLaVA/ShareGPT turns ``{"from": "human"|"gpt", "value": ...}`` or
+                records holding them under ``"conversations"``.
+            add_generation_prompt: End with the open assistant turn (for ``generate``).
+            padding_side: ``"left"`` or ``"right"``; default left with
+                ``add_generation_prompt``, right otherwise.
+
+        Returns:
+            ``input_ids``, ``attention_mask``, ``labels`` (batch, length) and, with images,
+            ``pixel_values`` (images, channels, size, size).
+
+        Raises:
+            ValueError: Mismatched image and placeholder counts, or malformed conversations.
+        """
+        if images is not None and len(images) != len(conversations):
+            raise ValueError(f"{len(images)} image entries for {len(conversations)} conversations")
+        pixels: list[torch.Tensor] = []
+        encoded: list[tuple[list[int], list[int]]] = []
+        for i, conv in enumerate(conversations):
+            turns = [dict(t) for t in _turns(conv)]
+            entry = images[i] if images is not None else None
+            sample_images = [] if entry is None else _as_list(entry)
+            placeholders = sum(t["value"].count(self.config.image_token) for t in turns)
+            if sample_images and placeholders == 0:
+                first = next(t for t in turns if t["from"] == "human")
+                first["value"] = (
+                    f"{self.config.image_token}\n" * len(sample_images) + first["value"]
+                )
+                placeholders = len(sample_images)
+            if placeholders != len(sample_images):
+                raise ValueError(
+                    f"conversation {i}: {placeholders} {self.config.image_token} placeholders "
+                    f"but {len(sample_images)} images"
+                )
+            pixels.extend(self.preprocess_image(img) for img in sample_images)
+            encoded.append(self.encode_conversation(turns, add_generation_prompt))
+        side = padding_side or ("left" if add_generation_prompt else "right")
+        batch = self._pad(encoded, side)
+        if pixels:
+            batch["pixel_values"] = torch.stack(pixels)
+        return batch
+
+    def _pad(self, encoded: list[tuple[list[int], list[int]]], side: str) -> dict[str, Any]:
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        pad = self.tokenizer.pad_token_id
+        pad = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
+        length = max(len(ids) for ids, _ in encoded)
+        rows_ids, rows_mask, rows_labels = [], [], []
+        for ids, labels in encoded:
+            n = length - len(ids)
+            fill, mask = [pad] * n, [1] * len(ids)
+            if side == "right":
+                rows_ids.append(ids + fill)
+                rows_mask.append(mask + [0] * n)
+                rows_labels.append(labels + [IGNORE_INDEX] * n)
+            else:
+                rows_ids.append(fill + ids)
+                rows_mask.append([0] * n + mask)
+                rows_labels.append([IGNORE_INDEX] * n + labels)
+        return {
+            "input_ids": torch.tensor(rows_ids, dtype=torch.long),
+            "attention_mask": torch.tensor(rows_mask, dtype=torch.long),
+            "labels": torch.tensor(rows_labels, dtype=torch.long),
+        }
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, **kwargs: Any) -> str:
+        """Decodes generated ids, skipping special tokens by default."""
+        kwargs.setdefault("skip_special_tokens", True)
+        return self.tokenizer.decode(ids, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Writes ``radixpert_processor.json`` and the tokenizer's files into ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        payload = {"format": "radixpert.processor", "format_version": 1, **asdict(self.config)}
+        (path / PROCESSOR_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        self.tokenizer.save_pretrained(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> RadProcessor:
+        """Loads a processor written by ``save_pretrained``.
+
+        Raises:
+            FileNotFoundError: If ``path`` has no ``radixpert_processor.json``.
+        """
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        payload = json.loads((path / PROCESSOR_FILE).read_text(encoding="utf-8"))
+        payload.pop("format", None)
+        payload.pop("format_version", None)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(tokenizer, ProcessorConfig(**payload))
+
+
+def _llama3_header(role: str) -> str:
+    return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+
+
+def _turns(conversation: Conversation) -> list[Turn]:
+    turns = conversation["conversations"] if isinstance(conversation, Mapping) else conversation
+    turns = list(turns)
+    if not turns:
+        raise ValueError("empty conversation")
+    for turn in turns:
+        if turn.get("from") not in ("human", "gpt"):
+            raise ValueError(f"turn 'from' must be 'human' or 'gpt', got {turn.get('from')!r}")
+    if turns[0]["from"] != "human":
+        raise ValueError("a conversation starts with a human turn")
+    return turns
+
+
+def _as_list(entry: Any) -> list[Any]:
+    if isinstance(entry, (list, tuple)):
+        return list(entry)
+    return [entry]
+
+
+def _as_gray(image: Any) -> np.ndarray:
+    """A 2-D float32 image in [0, 1] from an array, a PIL image or a path."""
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
+        image = np.asarray(image.convert("L"))
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        luma = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+        arr = (arr[..., :3].astype(np.float64) @ luma).astype(arr.dtype)
+    elif arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise ValueError(f"expected a grayscale image, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    return arr.astype(np.float32)
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "PROCESSOR_FILE",
+    "TEMPLATES",
+    "TOWER_STATS",
+    "ProcessorConfig",
+    "RadProcessor",
+]
