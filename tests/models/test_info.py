@@ -40,7 +40,10 @@ def test_other_families_print(name, capsys):
     assert "language_model" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-llava-hcf", "tiny-encoder-decoder"])
+@pytest.mark.parametrize(
+    "name",
+    ["tiny-llava", "tiny-llava-hcf", "tiny-encoder-decoder", "tiny-mllama", "tiny-onevision"],
+)
 def test_tiny_families(name, capsys):
     assert main(["model", "info", name]) == 0
     out = capsys.readouterr().out
