@@ -254,3 +254,23 @@ def test_apply_trainability_hcf_connector_full_lm_lora() -> None:
     out.loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if n in trainable)
     assert peft_model.last_gate_weights.shape == (2, 3)
+
+
+def test_pretrained_tower_and_language_model_are_loaded(tmp_path):
+    import torch
+    from transformers import CLIPVisionModel, LlamaForCausalLM
+
+    from radixpert.models.llava import build_llava_pretrained, tiny_llava, tiny_text_config
+
+    ref = tiny_llava("mlp")
+    vision = CLIPVisionModel(ref.config.vision_config)
+    vision.save_pretrained(tmp_path / "vision")
+    text = LlamaForCausalLM(tiny_text_config())
+    text.save_pretrained(tmp_path / "text")
+    model = build_llava_pretrained(tmp_path / "vision", tmp_path / "text", connector="hcf")
+    for name, p in vision.state_dict().items():
+        assert torch.equal(model.model.vision_tower.state_dict()[name], p), name
+    assert torch.equal(model.lm_head.weight, text.lm_head.weight)
+    emb = model.model.language_model.embed_tokens.weight
+    assert torch.equal(emb, text.model.embed_tokens.weight)
+    assert model.config.image_token_index == text.config.vocab_size - 1

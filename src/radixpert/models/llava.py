@@ -421,3 +421,43 @@ __all__ = [
     "tiny_llava",
     "tiny_text_config",
 ]
+
+
+def build_llava_pretrained(
+    vision: str | Path,
+    text: str | Path,
+    connector: str = "mlp",
+    image_token_index: int | None = None,
+    **opts: Any,
+) -> LlavaForConditionalGeneration:
+    """A llava-style model whose vision tower and language model come from pretrained weights.
+
+    The connector (MLP projector or HCF) starts random: that is what projector alignment trains.
+
+    Args:
+        vision: Hugging Face id or local folder of a vision encoder (a CLIP/SigLIP model or its
+            vision half, DINOv2, ViT); loaded with transformers, honouring HF_HUB_OFFLINE.
+        text: Hugging Face id or local folder of a causal language model.
+        connector: ``"mlp"`` or ``"hcf"``.
+        image_token_index: Id of ``<image>``; default: the last id of the vocabulary. It must
+            lie inside the vocabulary (add the token to the tokenizer and resize first).
+        **opts: As for `build_llava`.
+
+    Returns:
+        The assembled model with the pretrained weights in its tower and language model.
+    """
+    from transformers import AutoModelForCausalLM
+
+    vision_cfg = AutoConfig.from_pretrained(vision)
+    vision_cfg = getattr(vision_cfg, "vision_config", None) or vision_cfg
+    text_model = AutoModelForCausalLM.from_pretrained(text)
+    text_cfg = text_model.config
+    if image_token_index is None:
+        image_token_index = text_cfg.vocab_size - 1
+    model = build_llava(vision_cfg, text_cfg, connector, image_token_index=image_token_index,
+                        **opts)  # fmt: skip
+    tower = model.model.vision_tower
+    tower.load_state_dict(type(tower).from_pretrained(vision).state_dict(), strict=True)
+    model.model.language_model.load_state_dict(text_model.model.state_dict(), strict=True)
+    model.lm_head.load_state_dict(text_model.lm_head.state_dict(), strict=True)
+    return model
