@@ -37,7 +37,6 @@ unexpected) and gives a random projector.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +57,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrainedModel
 
+from radixpert.models._loading import load_by_model_type
 from radixpert.models.connectors import CONNECTOR_KINDS, HCF
 from radixpert.models.vision import fusion_layers
 
@@ -395,18 +395,11 @@ def load_llava(path: str | Path, **kwargs: Any) -> LlavaForConditionalGeneration
     Raises:
         ValueError: If the directory holds neither a Llava nor an HCF llava model.
     """
-    config_file = Path(path) / "config.json"
-    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     classes = {
         "llava": LlavaForConditionalGeneration,
         HCF_MODEL_TYPE: HCFLlavaForConditionalGeneration,
     }
-    if model_type not in classes:
-        raise ValueError(
-            f"{config_file}: model_type {model_type!r} is not one of {sorted(classes)}"
-        )
-    logger.info("loading %s from %s", model_type, path)
-    return classes[model_type].from_pretrained(path, **kwargs)
+    return load_by_model_type(path, classes, **kwargs)
 
 
 __all__ = [

@@ -35,7 +35,6 @@ Saving: the HCF model has its own ``model_type`` (``radixpert_hcf_mllama``), so 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +56,7 @@ from transformers.models.mllama.modeling_mllama import (
     MllamaVisionModel,
 )
 
+from radixpert.models._loading import load_by_model_type
 from radixpert.models.connectors import HCF
 
 logger = logging.getLogger(__name__)
@@ -517,18 +517,11 @@ def load_mllama(path: str | Path, **kwargs: Any) -> MllamaForConditionalGenerati
     Raises:
         ValueError: If the directory holds neither a Mllama nor an HCF mllama model.
     """
-    config_file = Path(path) / "config.json"
-    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     classes = {
         "mllama": MllamaForConditionalGeneration,
         HCF_MODEL_TYPE: HCFMllamaForConditionalGeneration,
     }
-    if model_type not in classes:
-        raise ValueError(
-            f"{config_file}: model_type {model_type!r} is not one of {sorted(classes)}"
-        )
-    logger.info("loading %s from %s", model_type, path)
-    return classes[model_type].from_pretrained(path, **kwargs)
+    return load_by_model_type(path, classes, **kwargs)
 
 
 __all__ = [
