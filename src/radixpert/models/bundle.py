@@ -17,6 +17,13 @@ connector loads with ``LlavaForConditionalGeneration.from_pretrained`` as is)::
 
 Every write goes to a temporary sibling directory first, which is renamed into place only
 when complete, so a crash never leaves a half-written bundle at ``path``.
+
+Families (``radixpert_bundle.json`` "family", "connector"): ``llava`` (``mlp``/``hcf``, loaded
+by ``load_llava``), ``mllama`` (``linear``/``hcf``, by ``load_mllama``), ``llava_onevision``
+(``mlp``, by transformers' ``LlavaOnevisionForConditionalGeneration``) and ``radscribe`` (the
+image backbone; ``radscribe_config.json`` + ``model.safetensors`` from
+``RadScribe.save_pretrained``, its processor with a second tokenizer in
+``decoder_tokenizer/``). LoRA adapters are kept separate or merged for every family.
 """
 
 from __future__ import annotations
@@ -51,21 +58,76 @@ def _is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
-def _describe(model: Any) -> tuple[str, str | None]:
-    """(family, connector) of a model, unwrapping peft."""
-    from transformers import LlavaForConditionalGeneration
+FAMILIES: tuple[str, ...] = ("llava", "mllama", "llava_onevision", "radscribe")
 
+
+def _describe(model: Any) -> tuple[str, str | None]:
+    """(family, connector) of a model, unwrapping peft.
+
+    llava: ``"mlp"`` or ``"hcf"``; mllama: ``"linear"`` (transformers' projector) or ``"hcf"``;
+    llava_onevision: ``"mlp"``; radscribe: the image backbone (``"vit"`` or ``"resnet"``).
+    """
+    from transformers import (
+        LlavaForConditionalGeneration,
+        LlavaOnevisionForConditionalGeneration,
+        MllamaForConditionalGeneration,
+    )
+
+    from radixpert.models.encoder_decoder import RadScribe
     from radixpert.models.llava import HCFLlavaForConditionalGeneration
+    from radixpert.models.mllama import HCFMllamaForConditionalGeneration
 
     base = model.get_base_model() if _is_peft(model) else model
     if isinstance(base, HCFLlavaForConditionalGeneration):
         return "llava", "hcf"
     if isinstance(base, LlavaForConditionalGeneration):
         return "llava", "mlp"
+    if isinstance(base, HCFMllamaForConditionalGeneration):
+        return "mllama", "hcf"
+    if isinstance(base, MllamaForConditionalGeneration):
+        return "mllama", "linear"
+    if isinstance(base, LlavaOnevisionForConditionalGeneration):
+        return "llava_onevision", "mlp"
+    if isinstance(base, RadScribe):
+        return "radscribe", base.image_backbone
     raise ValueError(
-        f"save_bundle supports the llava family; got {type(base).__name__} "
+        f"save_bundle supports the families {FAMILIES}; got {type(base).__name__} "
         "(save it with its own save_pretrained)"
     )
+
+
+def _save_separate(model: Any, family: str, tmp: Path) -> None:
+    """Base weights (without LoRA) at ``tmp`` and the adapter in ``tmp/adapter``."""
+    if family == "radscribe":
+        # RadScribe.save_pretrained takes no state dict: save an unloaded (LoRA-free) copy.
+        copy.deepcopy(model).unload().save_pretrained(tmp)
+    else:
+        base = model.get_base_model()
+        base.save_pretrained(tmp, state_dict=_base_state_dict(model))
+    model.save_pretrained(tmp / ADAPTER_DIR)
+
+
+def _load_base(family: str, path: Path, **kwargs: Any) -> Any:
+    """The family's base model from a bundle directory."""
+    if family == "llava":
+        from radixpert.models.llava import load_llava
+
+        return load_llava(path, **kwargs)
+    if family == "mllama":
+        from radixpert.models.mllama import load_mllama
+
+        return load_mllama(path, **kwargs)
+    if family == "llava_onevision":
+        from transformers import LlavaOnevisionForConditionalGeneration
+
+        return LlavaOnevisionForConditionalGeneration.from_pretrained(path, **kwargs)
+    from radixpert.models.encoder_decoder import RadScribe
+
+    dtype = kwargs.pop("dtype", None)
+    if kwargs:
+        raise ValueError(f"RadScribe bundles take only dtype, got {sorted(kwargs)}")
+    model = RadScribe.from_pretrained(path)
+    return model if dtype is None else model.to(dtype)
 
 
 def _versions() -> dict[str, str | None]:
@@ -120,8 +182,8 @@ def save_bundle(
     """Writes a model directory (see the module docstring), atomically.
 
     Args:
-        model: A llava-family model, or a ``peft.PeftModel`` around one (from
-            ``apply_trainability``).
+        model: A llava, mllama (plain or HCF), llava-onevision or RadScribe model, or a
+            ``peft.PeftModel`` around one (from ``apply_trainability``).
         processor: Its ``RadProcessor``.
         path: The bundle directory; replaced if it exists.
         recipe: The training recipe (written as ``recipe.json``).
@@ -143,9 +205,7 @@ def save_bundle(
     has_adapter = _is_peft(model)
     with _atomic_dir(path) as tmp:
         if has_adapter and adapters == "separate":
-            base = model.get_base_model()
-            base.save_pretrained(tmp, state_dict=_base_state_dict(model))
-            model.save_pretrained(tmp / ADAPTER_DIR)
+            _save_separate(model, family, tmp)
         elif has_adapter:
             copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
         else:
@@ -202,11 +262,9 @@ def load_bundle(path: str | Path, **kwargs: Any) -> tuple[Any, RadProcessor]:
     """
     path = Path(path)
     manifest = read_manifest(path)
-    if manifest["family"] != "llava":
+    if manifest["family"] not in FAMILIES:
         raise ValueError(f"{path}: unsupported family {manifest['family']!r}")
-    from radixpert.models.llava import load_llava
-
-    model = load_llava(path, **kwargs)
+    model = _load_base(manifest["family"], path, **kwargs)
     if manifest["adapters"] == "separate":
         from peft import PeftModel
 
@@ -218,8 +276,9 @@ def load_bundle(path: str | Path, **kwargs: Any) -> tuple[Any, RadProcessor]:
 def export_merged(path_in: str | Path, path_out: str | Path) -> Path:
     """Writes a bundle with its adapter merged: a plain transformers model directory.
 
-    Recipe, training log and processor are carried over. For the ``mlp`` connector the
-    result loads with ``LlavaForConditionalGeneration.from_pretrained``.
+    Recipe, training log and processor are carried over. For llava's ``mlp`` connector the
+    result loads with ``LlavaForConditionalGeneration.from_pretrained`` (plain mllama and
+    llava-onevision likewise with their transformers classes).
 
     Returns:
         ``path_out``.
@@ -240,6 +299,7 @@ def export_merged(path_in: str | Path, path_out: str | Path) -> Path:
 
 __all__ = [
     "ADAPTER_DIR",
+    "FAMILIES",
     "MANIFEST_FILE",
     "RECIPE_FILE",
     "TRAINING_LOG_FILE",

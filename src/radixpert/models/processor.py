@@ -23,6 +23,15 @@ and ``"llama3"`` (header/eot markup). Each ``<image>`` in the text becomes
 ``image_seq_length`` image tokens. Labels are -100 everywhere except the assistant's answers
 (and the end-of-turn marker after each), so the prompt and image tokens never count in the
 loss.
+
+Families (``ProcessorConfig.family``, set by ``from_model``): ``"llava"`` as above;
+``"mllama"`` (llama3 template, one ``<|image|>`` token per image, ``pixel_values`` (batch,
+images, tiles, C, H, W) with the letterboxed image in tile 0, ``aspect_ratio_ids`` = 1,
+``aspect_ratio_mask`` and ``cross_attention_mask``); ``"llava_onevision"`` (``image_seq_length``
+read from the model by ``onevision.image_token_count``; ``pixel_values`` (images, 1 + tiles,
+C, H, W) and ``image_sizes``); ``"radscribe"`` (``pixel_values``, the human turns as
+``input_ids`` in the joint encoder's vocabulary, the report as ``labels`` in the decoder's,
+whose tokenizer is ``decoder_tokenizer``).
 """
 
 from __future__ import annotations
@@ -49,6 +58,9 @@ VICUNA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 TEMPLATES: tuple[str, ...] = ("vicuna", "llama3")
+FAMILIES: tuple[str, ...] = ("llava", "mllama", "llava_onevision", "radscribe")
+MLLAMA_IMAGE_TOKEN = "<|image|>"
+DECODER_TOKENIZER_DIR = "decoder_tokenizer"
 
 # Per vision-config model_type: (mean, std) used in pretraining.
 _CLIP_STATS = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -83,6 +95,12 @@ class ProcessorConfig:
         system: System prompt; None uses the template's default (Vicuna's) or none.
         resample: Resampling filter for the letterbox.
         max_length: Truncate sequences longer than this (None: no limit).
+        family: The model family the inputs are for: ``"llava"``, ``"mllama"`` (6-D tiled
+            ``pixel_values``, ``aspect_ratio_ids``/``_mask``, ``cross_attention_mask``),
+            ``"llava_onevision"`` (base view + anyres tiles, ``image_sizes``) or
+            ``"radscribe"`` (prompt ids for the joint encoder, report labels for the decoder).
+        max_num_tiles: Mllama's tiles per image (the image fills tile 0, the rest are zero).
+        grid_pinpoint: OneVision's (height, width) grid the letterboxed image is tiled on.
     """
 
     image_size: int
@@ -95,8 +113,13 @@ class ProcessorConfig:
     system: str | None = None
     resample: str = "bicubic"
     max_length: int | None = None
+    family: str = "llava"
+    max_num_tiles: int = 4
+    grid_pinpoint: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.template not in TEMPLATES:
@@ -119,9 +142,17 @@ class RadProcessor:
         ValueError: If the tokenizer does not have the image token.
     """
 
-    def __init__(self, tokenizer: Any, config: ProcessorConfig) -> None:
+    def __init__(
+        self, tokenizer: Any, config: ProcessorConfig, decoder_tokenizer: Any = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.config = config
+        self.decoder_tokenizer = decoder_tokenizer
+        if config.family == "radscribe":
+            if decoder_tokenizer is None:
+                raise ValueError("a radscribe processor needs a decoder_tokenizer")
+            self.image_token_id = None
+            return
         token_id = tokenizer.convert_tokens_to_ids(config.image_token)
         if token_id is None or token_id == tokenizer.unk_token_id:
             raise ValueError(f"tokenizer has no {config.image_token!r} token")
@@ -133,16 +164,25 @@ class RadProcessor:
         model: Any,
         tokenizer: Any,
         template: str | None = None,
+        decoder_tokenizer: Any = None,
         **overrides: Any,
     ) -> RadProcessor:
         """Reads the image settings a model needs from its config.
 
         Args:
-            model: A llava-style model (``config.vision_config``, ``image_seq_length``).
-            tokenizer: Its tokenizer, holding the ``<image>`` token.
-            template: Chat template; None picks by the text model's family.
+            model: A llava, mllama (plain or HCF), llava-onevision or RadScribe model (a
+                ``peft.PeftModel`` around one is unwrapped).
+            tokenizer: Its tokenizer, holding the image token (``<image>``; Mllama's
+                ``<|image|>``); for RadScribe the joint encoder's (prompt) tokenizer.
+            template: Chat template; None picks by the family (Mllama: ``"llama3"``).
+            decoder_tokenizer: RadScribe only: the decoder's (report) tokenizer.
             **overrides: Any ``ProcessorConfig`` field.
         """
+        if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        family = _family(model)
+        if family == "radscribe":
+            return cls._from_radscribe(model, tokenizer, decoder_tokenizer, overrides)
         config = model.config
         vision = config.vision_config
         mean, std = TOWER_STATS.get(vision.model_type, _CLIP_STATS)
@@ -153,11 +193,56 @@ class RadProcessor:
             "image_mean": list(mean[:channels]),
             "image_std": list(std[:channels]),
             "channels": channels,
-            "image_seq_length": int(config.image_seq_length),
+            "image_seq_length": int(getattr(config, "image_seq_length", 1)),
             "template": template or _FAMILY_TEMPLATE.get(text_type, "vicuna"),
+            "family": family,
+        }
+        if family == "mllama":
+            settings.update(
+                image_seq_length=1,
+                image_token=MLLAMA_IMAGE_TOKEN,
+                template=template or "llama3",
+                max_num_tiles=int(vision.max_num_tiles),
+            )
+        elif family == "llava_onevision":
+            from transformers.image_processing_utils import select_best_resolution
+
+            size = int(vision.image_size)
+            pinpoints = [tuple(p) for p in config.image_grid_pinpoints]
+            settings["grid_pinpoint"] = [
+                int(v) for v in select_best_resolution((size, size), pinpoints)
+            ]
+        settings.update(overrides)
+        processor = cls(tokenizer, ProcessorConfig(**settings))
+        if family == "llava_onevision" and "image_seq_length" not in overrides:
+            from radixpert.models.onevision import image_token_count
+
+            pixels, sizes = processor._onevision_views(np.zeros((size, size), np.float32))
+            param = next(model.parameters())
+            pixels = pixels[None].to(device=param.device, dtype=param.dtype)
+            count = image_token_count(model, pixels, sizes[None].to(param.device))[0]
+            processor.config.image_seq_length = count
+        return processor
+
+    @classmethod
+    def _from_radscribe(
+        cls, model: Any, tokenizer: Any, decoder_tokenizer: Any, overrides: dict[str, Any]
+    ) -> RadProcessor:
+        """RadScribe settings: ViT's size and (0.5, 0.5) stats, ImageNet stats for ResNet (which
+        has no fixed size: 224 unless ``image_size`` is overridden)."""
+        backbone = model.backbone.config
+        mean, std = _HALF_STATS if model.image_backbone == "vit" else _IMAGENET_STATS
+        channels = int(getattr(backbone, "num_channels", 3))
+        settings: dict[str, Any] = {
+            "image_size": int(getattr(backbone, "image_size", 224)),
+            "image_mean": list(mean[:channels]),
+            "image_std": list(std[:channels]),
+            "channels": channels,
+            "image_seq_length": 0,
+            "family": "radscribe",
         }
         settings.update(overrides)
-        return cls(tokenizer, ProcessorConfig(**settings))
+        return cls(tokenizer, ProcessorConfig(**settings), decoder_tokenizer=decoder_tokenizer)
 
     # ------------------------------------------------------------------ images
 
@@ -171,10 +256,31 @@ class RadProcessor:
         arr = _as_gray(image)
         size = self.config.image_size
         boxed, _ = resize_letterbox(arr, size, resample=self.config.resample)
+        return self._normalise(boxed)
+
+    def _normalise(self, boxed: np.ndarray) -> torch.Tensor:
+        """(H, W) in [0, 1] -> (channels, H, W) normalised."""
         mean = np.asarray(self.config.image_mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.config.image_std, dtype=np.float32)[:, None, None]
-        stacked = np.broadcast_to(boxed[None], (self.config.channels, size, size))
+        stacked = np.broadcast_to(boxed[None], (self.config.channels, *boxed.shape))
         return torch.from_numpy(np.ascontiguousarray((stacked - mean) / std, dtype=np.float32))
+
+    def _onevision_views(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """OneVision's anyres input of one image: the letterboxed base view followed by the
+        tiles of ``grid_pinpoint``, (1 + tiles, channels, size, size), and its image size.
+
+        The image is first letterboxed to a square of ``image_size``; that square is what
+        ``image_sizes`` reports, so the image-token count is the same for every image.
+        """
+        size = self.config.image_size
+        boxed, _ = resize_letterbox(_as_gray(image), size, resample=self.config.resample)
+        grid_h, grid_w = self.config.grid_pinpoint or [size, size]
+        grid, _ = resize_letterbox(boxed, (grid_h, grid_w), resample=self.config.resample)
+        views = [self._normalise(boxed)]
+        for top in range(0, grid_h, size):
+            for left in range(0, grid_w, size):
+                views.append(self._normalise(grid[top : top + size, left : left + size]))
+        return torch.stack(views), torch.tensor([size, size], dtype=torch.long)
 
     # ------------------------------------------------------------------ text
 
@@ -272,10 +378,18 @@ class RadProcessor:
         """
         if images is not None and len(images) != len(conversations):
             raise ValueError(f"{len(images)} image entries for {len(conversations)} conversations")
-        pixels: list[torch.Tensor] = []
+        if self.config.family == "radscribe":
+            return self._radscribe_batch(images, conversations, add_generation_prompt)
+        pixels: list[Any] = []
+        per_sample: list[list[Any]] = []
         encoded: list[tuple[list[int], list[int]]] = []
         for i, conv in enumerate(conversations):
             turns = [dict(t) for t in _turns(conv)]
+            if self.config.image_token != IMAGE_PLACEHOLDER:  # LLaVA-style "<image>" works too
+                for turn in turns:
+                    turn["value"] = turn["value"].replace(
+                        IMAGE_PLACEHOLDER, self.config.image_token
+                    )
             entry = images[i] if images is not None else None
             sample_images = [] if entry is None else _as_list(entry)
             placeholders = sum(t["value"].count(self.config.image_token) for t in turns)
@@ -290,12 +404,121 @@ class RadProcessor:
                     f"conversation {i}: {placeholders} {self.config.image_token} placeholders "
                     f"but {len(sample_images)} images"
                 )
-            pixels.extend(self.preprocess_image(img) for img in sample_images)
+            per_sample.append(sample_images)
             encoded.append(self.encode_conversation(turns, add_generation_prompt))
         side = padding_side or ("left" if add_generation_prompt else "right")
         batch = self._pad(encoded, side)
-        if pixels:
+        family = self.config.family
+        if family == "mllama":
+            if any(per_sample):
+                batch.update(self._mllama_images(per_sample, batch["input_ids"]))
+            return batch
+        for sample_images in per_sample:
+            if family == "llava_onevision":
+                pixels.extend(self._onevision_views(img) for img in sample_images)
+            else:
+                pixels.extend(self.preprocess_image(img) for img in sample_images)
+        if pixels and family == "llava_onevision":
+            batch["pixel_values"] = torch.stack([views for views, _ in pixels])
+            batch["image_sizes"] = torch.stack([size for _, size in pixels])
+        elif pixels:
             batch["pixel_values"] = torch.stack(pixels)
+        return batch
+
+    def _mllama_images(
+        self, per_sample: list[list[Any]], input_ids: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Mllama's image inputs: each image letterboxed into tile 0 of ``max_num_tiles``.
+
+        Returns ``pixel_values`` (batch, images, tiles, C, size, size), ``aspect_ratio_ids``
+        (batch, images; 1 = one tile, 0 = padding image), ``aspect_ratio_mask`` (batch, images,
+        tiles) and ``cross_attention_mask`` (batch, length, images, tiles): text from an image's
+        ``<|image|>`` token up to the next one (the last: to the end) attends to its tile.
+        """
+        size, tiles, channels = (
+            self.config.image_size,
+            self.config.max_num_tiles,
+            self.config.channels,
+        )
+        batch, length = input_ids.shape
+        count = max(len(sample) for sample in per_sample)
+        pixel_values = torch.zeros(batch, count, tiles, channels, size, size)
+        ratio_ids = torch.zeros(batch, count, dtype=torch.long)
+        ratio_mask = torch.zeros(batch, count, tiles, dtype=torch.long)
+        ratio_mask[:, :, 0] = 1
+        cross = torch.zeros(batch, length, count, tiles, dtype=torch.long)
+        for row, sample in enumerate(per_sample):
+            positions = (input_ids[row] == self.image_token_id).nonzero().flatten().tolist()
+            for k, image in enumerate(sample):
+                pixel_values[row, k, 0] = self.preprocess_image(image)
+                ratio_ids[row, k] = 1
+                end = positions[k + 1] if k + 1 < len(positions) else length
+                if k < len(positions):  # truncated away by max_length otherwise
+                    cross[row, positions[k] : end, k, 0] = 1
+        return {
+            "pixel_values": pixel_values,
+            "aspect_ratio_ids": ratio_ids,
+            "aspect_ratio_mask": ratio_mask,
+            "cross_attention_mask": cross,
+        }
+
+    def _radscribe_batch(
+        self,
+        images: Sequence[Any] | None,
+        conversations: Sequence[Conversation],
+        add_generation_prompt: bool,
+    ) -> dict[str, torch.Tensor]:
+        """RadScribe inputs: ``pixel_values`` (batch, C, size, size), the human turns as
+        ``input_ids``/``attention_mask`` in the joint encoder's vocabulary (right-padded), and
+        the assistant turns (the report, then the decoder's eos) as ``labels`` in the decoder's
+        vocabulary, -100 padded; no ``labels`` with ``add_generation_prompt``."""
+        if images is None:
+            raise ValueError("RadScribe needs one image per conversation")
+        pixels, prompts, reports = [], [], []
+        for i, conv in enumerate(conversations):
+            entry = _as_list(images[i])
+            if len(entry) != 1:
+                raise ValueError(f"conversation {i}: RadScribe takes one image, got {len(entry)}")
+            pixels.append(self.preprocess_image(entry[0]))
+            turns = _turns(conv)
+            human = [t["value"] for t in turns if t["from"] == "human"]
+            prompt = " ".join(
+                v.replace(self.config.image_token, " ").replace(IMAGE_PLACEHOLDER, " ").strip()
+                for v in human
+            ).strip()
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+            prompts.append([int(t) for t in ids])
+            answer = " ".join(t["value"].strip() for t in turns if t["from"] == "gpt")
+            open_prompt = turns[-1]["from"] == "human"
+            if open_prompt != add_generation_prompt:
+                raise ValueError(
+                    "add_generation_prompt needs a conversation ending with a human turn, "
+                    "and a training conversation must end with the report"
+                )
+            if not add_generation_prompt:
+                dec = self.decoder_tokenizer
+                report = dec(answer, add_special_tokens=False)["input_ids"]
+                eos = dec.eos_token_id
+                reports.append([int(t) for t in report] + ([int(eos)] if eos is not None else []))
+        if self.config.max_length is not None:
+            prompts = [p[: self.config.max_length] for p in prompts]
+        pad = self.tokenizer.pad_token_id
+        pad = int(pad if pad is not None else 0)
+        length = max(len(p) for p in prompts)
+        batch = {
+            "pixel_values": torch.stack(pixels),
+            "input_ids": torch.tensor(
+                [p + [pad] * (length - len(p)) for p in prompts], dtype=torch.long
+            ),
+            "attention_mask": torch.tensor(
+                [[1] * len(p) + [0] * (length - len(p)) for p in prompts], dtype=torch.long
+            ),
+        }
+        if reports:
+            longest = max(len(r) for r in reports)
+            batch["labels"] = torch.tensor(
+                [r + [IGNORE_INDEX] * (longest - len(r)) for r in reports], dtype=torch.long
+            )
         return batch
 
     def _pad(self, encoded: list[tuple[list[int], list[int]]], side: str) -> dict[str, Any]:
@@ -323,9 +546,11 @@ class RadProcessor:
         }
 
     def decode(self, ids: Sequence[int] | torch.Tensor, **kwargs: Any) -> str:
-        """Decodes generated ids, skipping special tokens by default."""
+        """Decodes generated ids (RadScribe: with the decoder's tokenizer), skipping special
+        tokens by default."""
         kwargs.setdefault("skip_special_tokens", True)
-        return self.tokenizer.decode(ids, **kwargs)
+        tokenizer = self.decoder_tokenizer if self.decoder_tokenizer is not None else self.tokenizer
+        return tokenizer.decode(ids, **kwargs)
 
     # ------------------------------------------------------------------ persistence
 
@@ -336,6 +561,8 @@ class RadProcessor:
         payload = {"format": "radixpert.processor", "format_version": 1, **asdict(self.config)}
         (path / PROCESSOR_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         self.tokenizer.save_pretrained(path)
+        if self.decoder_tokenizer is not None:
+            self.decoder_tokenizer.save_pretrained(path / DECODER_TOKENIZER_DIR)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> RadProcessor:
@@ -351,7 +578,24 @@ class RadProcessor:
         payload.pop("format", None)
         payload.pop("format_version", None)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(tokenizer, ProcessorConfig(**payload))
+        decoder_tokenizer = None
+        if (path / DECODER_TOKENIZER_DIR).is_dir():
+            decoder_tokenizer = AutoTokenizer.from_pretrained(path / DECODER_TOKENIZER_DIR)
+        return cls(tokenizer, ProcessorConfig(**payload), decoder_tokenizer=decoder_tokenizer)
+
+
+def _family(model: Any) -> str:
+    """The processor family of a (peft-unwrapped) model."""
+    from radixpert.models.encoder_decoder import RadScribe
+
+    if isinstance(model, RadScribe):
+        return "radscribe"
+    model_type = getattr(model.config, "model_type", "")
+    if model_type == "llava_onevision":
+        return "llava_onevision"
+    if model_type == "mllama" or "mllama" in model_type:
+        return "mllama"
+    return "llava"
 
 
 def _llama3_header(role: str) -> str:
@@ -397,6 +641,8 @@ def _as_gray(image: Any) -> np.ndarray:
 
 
 __all__ = [
+    "DECODER_TOKENIZER_DIR",
+    "FAMILIES",
     "IGNORE_INDEX",
     "PROCESSOR_FILE",
     "TEMPLATES",
