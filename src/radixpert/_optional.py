@@ -24,6 +24,8 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "sentencepiece": ("sentencepiece", "metrics"),
     "peft": ("peft==0.21.2", "models"),
     "bitsandbytes": ("bitsandbytes", "models"),
+    "yaml": ("pyyaml", "train"),
+    "accelerate": ("accelerate", "train"),
     "pyarrow": ("pyarrow", "data"),
     "pydicom": ("pydicom", "data"),
     "PIL": ("pillow", "data"),

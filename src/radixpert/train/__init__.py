@@ -1,0 +1,1 @@
+"""Training: recipes (a run's model and stages as validated YAML data)."""
