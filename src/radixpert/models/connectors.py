@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 GateKind = Literal["learned", "equal"]
 CONNECTOR_KINDS: tuple[str, ...] = ("mlp", "hcf")
+IGNORE_INDEX = -100  # label of positions that are not training targets
 
 
 class MLPProjector(nn.Module):
@@ -241,3 +242,25 @@ def build_connector(kind: str, vision_hidden: int, text_hidden: int, **opts: Any
 
 
 __all__ = ["CONNECTOR_KINDS", "HCF", "HCFLevel", "HCFOutput", "MLPProjector", "build_connector"]
+
+
+def prompt_mask(
+    input_ids: Tensor | None,
+    attention_mask: Tensor | None,
+    labels: Tensor | None,
+    image_token_index: int,
+    shape: tuple[int, int],
+    device: torch.device,
+) -> Tensor:
+    """True where a position is prompt text the HCF may read.
+
+    Attended (``attention_mask``), not an ``<|image|>`` token, not a target (``labels``).
+    """
+    mask = torch.ones(shape, dtype=torch.bool, device=device)
+    if input_ids is not None:
+        mask &= input_ids != image_token_index
+    if attention_mask is not None:
+        mask &= attention_mask.bool()
+    if labels is not None:
+        mask &= labels == IGNORE_INDEX
+    return mask

@@ -58,12 +58,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrainedModel
 
 from radixpert.models._loading import load_by_model_type
-from radixpert.models.connectors import CONNECTOR_KINDS, HCF
+from radixpert.models.connectors import CONNECTOR_KINDS, HCF, prompt_mask
 from radixpert.models.vision import fusion_layers
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 HCF_MODEL_TYPE = "radixpert_hcf_llava"
 # Vision configs whose encoders have no CLS token: Llava's "default" strategy would drop a patch.
 _NO_CLS = ("siglip_vision_model", "siglip2_vision_model")
@@ -214,11 +213,8 @@ class HCFLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         labels: Tensor | None,
     ) -> BaseModelOutputWithPooling:
         image_tokens = input_ids == self.config.image_token_index
-        prompt = ~image_tokens
-        if attention_mask is not None:
-            prompt &= attention_mask.bool()
-        if labels is not None:
-            prompt &= labels == IGNORE_INDEX
+        prompt = prompt_mask(input_ids, attention_mask, labels, self.config.image_token_index,
+                             input_ids.shape, input_ids.device)  # fmt: skip
         text_embeds = self.get_input_embeddings()(input_ids)
         # Which sample's prompt each image gets: images fill the placeholders in order.
         per_image = self.config.image_seq_length

@@ -57,11 +57,10 @@ from transformers.models.mllama.modeling_mllama import (
 )
 
 from radixpert.models._loading import load_by_model_type
-from radixpert.models.connectors import HCF
+from radixpert.models.connectors import HCF, prompt_mask
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 HCF_MODEL_TYPE = "radixpert_hcf_mllama"
 HCF_OPTIONS: tuple[str, ...] = ("groups", "gate", "num_heads", "gate_hidden", "dropout")
 
@@ -130,28 +129,6 @@ def split_vision_output(states: Tensor, hidden: int) -> list[Tensor]:
 def _groups(config: HCFMllamaConfig) -> list[int]:
     indices = list(config.vision_config.intermediate_layers_indices or [])
     return list(config.hcf_groups) if config.hcf_groups else default_hcf_groups(indices)
-
-
-def prompt_mask(
-    input_ids: Tensor | None,
-    attention_mask: Tensor | None,
-    labels: Tensor | None,
-    image_token_index: int,
-    shape: tuple[int, int],
-    device: torch.device,
-) -> Tensor:
-    """True where a position is prompt text the HCF may read.
-
-    Attended (``attention_mask``), not an ``<|image|>`` token, not a target (``labels``).
-    """
-    mask = torch.ones(shape, dtype=torch.bool, device=device)
-    if input_ids is not None:
-        mask &= input_ids != image_token_index
-    if attention_mask is not None:
-        mask &= attention_mask.bool()
-    if labels is not None:
-        mask &= labels == IGNORE_INDEX
-    return mask
 
 
 class HCFMllamaModel(MllamaModel):

@@ -47,10 +47,10 @@ import numpy as np
 import torch
 
 from radixpert.data.images import load_image, resize_letterbox
+from radixpert.models.connectors import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 PROCESSOR_FILE = "radixpert_processor.json"
 IMAGE_PLACEHOLDER = "<image>"
 VICUNA_SYSTEM = (
