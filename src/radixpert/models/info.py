@@ -37,7 +37,8 @@ ENCODER_DECODER_COMPONENTS: dict[str, Any] = {
 }
 
 
-def _prefixes(model: nn.Module) -> dict[str, Any]:
+def component_prefixes(model: nn.Module) -> dict[str, Any]:
+    """The component prefixes (vision tower, connector, language model) of a model's family."""
     if not hasattr(model, "config"):  # RadScribe keeps three sub-configs instead
         return ENCODER_DECODER_COMPONENTS
     return {"mllama": MLLAMA_COMPONENTS, "llava_onevision": ONEVISION_COMPONENTS}.get(
@@ -52,6 +53,7 @@ def _tiny(name: str) -> nn.Module | None:
     builders = {
         "tiny-llava": ("radixpert.models.llava", "tiny_llava", {"connector": "mlp"}),
         "tiny-llava-hcf": ("radixpert.models.llava", "tiny_llava", {"connector": "hcf"}),
+        "demo-llava-hcf": ("radixpert.models.llava", "demo_llava", {"connector": "hcf"}),
         "tiny-encoder-decoder": ("radixpert.models.encoder_decoder", "tiny_encoder_decoder", {}),
         "tiny-mllama": ("radixpert.models.mllama", "tiny_mllama", {}),
         "tiny-onevision": ("radixpert.models.onevision", "tiny_onevision", {}),
@@ -65,6 +67,7 @@ def _tiny(name: str) -> nn.Module | None:
 TINY_NAMES = (
     "tiny-llava",
     "tiny-llava-hcf",
+    "demo-llava-hcf",
     "tiny-encoder-decoder",
     "tiny-mllama",
     "tiny-onevision",
@@ -144,7 +147,7 @@ def model_info(name: str, rank: int = 64) -> str:
             f"unknown model {name!r}: give a named size ({', '.join(SIZES)}), a "
             f"tiny family ({', '.join(TINY_NAMES)}) or a config.json / model folder"
         )
-    rows = parameter_report(model, _prefixes(model))
+    rows = parameter_report(model, component_prefixes(model))
     total = rows[-1]["total"]
     lines = [f"{name} ({type(model).__name__}, {how})", "",
              f"{'component':<16} {'parameters':>15} {'share':>8}"]  # fmt: skip

@@ -373,6 +373,41 @@ def tiny_llava(connector: str = "mlp") -> LlavaForConditionalGeneration:
     )
 
 
+DEMO_VOCAB = 512
+
+
+def demo_llava(connector: str = "hcf") -> LlavaForConditionalGeneration:
+    """The demo's small llava: CLIP (64 px, patch 8, 64 image tokens, width 64, 4 layers) +
+    Llama (width 128, 3 layers, vocab 512, image token 511), about 1 M parameters.
+
+    Small enough to train from scratch on phantoms on two CPU cores in minutes, large enough to
+    read them: 64 px keeps devices, nodules and pleural lines visible (see ``radixpert demo``).
+    """
+    clip = CLIPVisionConfig(
+        image_size=64,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+    )
+    text = LlamaConfig(
+        vocab_size=DEMO_VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    opts: dict[str, Any] = {"hcf_num_heads": 4, "hcf_gate_hidden": 64} if connector == "hcf" else {}
+    return build_llava(clip, text, connector, image_token_index=DEMO_VOCAB - 1, **opts)
+
+
 def register_auto_classes() -> None:
     """Lets ``AutoConfig`` and ``AutoModelForImageTextToText`` load HCF llava checkpoints."""
     AutoConfig.register(HCF_MODEL_TYPE, HCFLlavaConfig, exist_ok=True)

@@ -43,12 +43,14 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from radixpert.models.connectors import IGNORE_INDEX
 from radixpert.models.trainability import (
     LLAVA_COMPONENTS,
     Prefix,
@@ -76,6 +78,8 @@ __all__ = [
 CHECKPOINT_POINTER = "checkpoint.json"
 POSITION_FILE = "position.json"
 CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+BEST_FILE = "best_trainable.safetensors"
 # Batches per length group: sorting inside a group keeps padding low, groups keep randomness.
 GROUP_BATCHES = 8
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -239,6 +243,82 @@ def _save(accelerator: Any, out_dir: Path, position: dict[str, Any], keep: int) 
     logger.info("checkpoint %s (epoch %d, batch %d)", path, position["epoch"], position["batch"])
 
 
+class _EarlyStop:
+    """Patience counter on one validation metric; its state rides in ``position.json``."""
+
+    def __init__(self, rule: Any, state: Mapping[str, Any] | None) -> None:
+        self.rule = rule
+        state = state or {}
+        self.best: float | None = state.get("best")
+        self.bad: int = int(state.get("bad", 0))
+        self.best_step: int | None = state.get("best_step")
+
+    def update(self, metrics: Mapping[str, float], step: int) -> bool:
+        """Records an evaluation; True if it is the best so far."""
+        if self.rule.metric not in metrics:
+            raise KeyError(
+                f"early_stopping.metric {self.rule.metric!r} is not among the validation "
+                f"metrics {sorted(metrics)}"
+            )
+        value = float(metrics[self.rule.metric])
+        better = self.best is None or (
+            value < self.best if self.rule.mode == "min" else value > self.best
+        )
+        if better:
+            self.best, self.bad, self.best_step = value, 0, step
+        else:
+            self.bad += 1
+        return better
+
+    @property
+    def stop(self) -> bool:
+        return self.bad >= self.rule.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "bad": self.bad, "best_step": self.best_step}
+
+
+def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The trainable parameters (the part a stage changes), detached copies on the CPU."""
+    return {
+        n: p.detach().to("cpu", copy=True)
+        for n, p in _unwrap(model).named_parameters()
+        if p.requires_grad
+    }
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    """Peak accelerator memory (GiB) on CUDA, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _gate_weights(model: Any) -> list[float] | None:
+    """Mean HCF gate weight per level of the last forward with images, if the model has HCF."""
+    gate = getattr(_unwrap(model), "last_gate_weights", None)
+    if gate is None:
+        return None
+    return [float(v) for v in gate.float().mean(dim=0)]
+
+
+def _answer_tokens(processor: Any, item: Any) -> int:
+    """Tokens of one example that count in the loss (its answer tokens)."""
+    _, turns = _record(item)
+    _, labels = processor.encode_conversation(turns)
+    return sum(1 for t in labels if t != IGNORE_INDEX)
+
+
+def _loss_tokens(batch: Mapping[str, torch.Tensor], causal: bool) -> int:
+    """Label tokens the model's mean loss of ``batch`` averages over."""
+    labels = batch["labels"]
+    if causal:
+        labels = labels[..., 1:]
+    return int((labels != IGNORE_INDEX).sum())
+
+
 def train_stage(
     model: Any,
     processor: Any,
@@ -254,6 +334,12 @@ def train_stage(
     component_prefixes: Mapping[str, Prefix] = LLAVA_COMPONENTS,
     keep_checkpoints: int = 2,
     on_step: Callable[[int, float], None] | None = None,
+    val_conversations: Sequence[Any] = (),
+    evaluate_fn: Callable[[Any], Mapping[str, float]] | None = None,
+    log_with: Sequence[str] = (),
+    progress: bool = True,
+    global_step_offset: int = 0,
+    accelerator: Any = None,
 ) -> dict[str, Any]:
     """Trains ``model`` for one stage; resumes exactly from a checkpoint in ``out_dir``.
 
@@ -262,32 +348,53 @@ def train_stage(
             carries peft adapters (then the caller set it, e.g. with ``next_stage``).
         processor: The ``RadProcessor`` that turns images and conversations into inputs.
         conversations: ``Conversation`` records or mappings with ``conversations`` and
-            ``image`` (paths relative to ``image_root``).
-        stage: The stage: trainability, optimiser, schedule, length, batch, accumulation,
-            clipping, mixed precision, ``save_every``.
-        out_dir: Where checkpoints go.
+            ``image`` (paths relative to ``image_root``, or absolute).
+        stage: The stage: trainability, optimiser, schedule, length, batch (per process),
+            accumulation, clipping, mixed precision, gradient checkpointing, ``eval_every``,
+            ``save_every``, early stopping.
+        out_dir: Where checkpoints, ``metrics.jsonl`` and the tracker logs go.
         resume: Continue from the checkpoint in ``out_dir`` if there is one.
-        image_root: Folder the image paths are relative to.
+        image_root: Folder relative image paths are relative to.
         seed: Seed of the batch order and of the RNGs at a fresh start.
-        log_every: Steps between loss log lines.
+        log_every: Steps between loss log lines and metric records.
         max_steps: Overrides the stage's length (the schedule follows it).
         component_prefixes: Module prefixes of the components (``LLAVA_COMPONENTS``).
         keep_checkpoints: How many newest checkpoints to keep.
         on_step: Called after every optimiser step with (step, loss), e.g. for metrics.
+        val_conversations: Held-out examples; every ``eval_every`` steps (else once per
+            epoch) and at the end their token-weighted loss is ``val_loss``.
+        evaluate_fn: Called with the model at each evaluation; the metrics it returns (e.g.
+            a report metric) are logged beside ``val_loss`` and can drive early stopping.
+        log_with: accelerate trackers, e.g. ``["tensorboard"]`` or ``["tensorboard",
+            "mlflow"]``; logs go under ``out_dir/logs``.
+        progress: Show a progress bar (main process only).
+        global_step_offset: Added to the step in tracker logs, so stages line up in one plot.
+        accelerator: An ``accelerate.Accelerator`` to use; by default one is made from the
+            stage's mixed precision and accumulation.
 
     Returns:
         ``final_loss`` (mean loss of the last step, None if no step ran), ``steps`` (the
-        optimiser steps done in total), ``losses`` (this call's per-step losses) and
-        ``resumed_from`` (the step resumed at, 0 for a fresh start).
+        optimiser steps done in total), ``losses`` (this call's per-step losses),
+        ``resumed_from`` (the step resumed at, 0 for a fresh start), ``stopped_early``,
+        ``best`` (early stopping's best value and step, or None), ``validation`` (the last
+        validation metrics) and ``model`` (the trained model, unwrapped from accelerate).
 
     Raises:
-        ValueError: On an empty data set or a stage objective other than "lm".
+        ValueError: On an empty data set or a stage objective this loop cannot train.
+
+    Batches and loss: ``stage.batch_size`` is per process; each micro-step takes one global
+    batch of ``batch_size x num_processes`` examples from the length-grouped plan and every
+    process its own slice. The loss is the sum of answer-token losses divided by the answer
+    tokens of the whole optimiser step (all micro-batches of all processes), so N processes
+    and one process with the same global batch compute the same gradient, and gradient
+    accumulation does not over-weight short answers.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
 
-    if stage.objective != "lm":
-        raise ValueError(f"objective {stage.objective!r} is not supported by this loop yet")
+    if stage.objective not in ("lm", "contrastive"):
+        raise ValueError(f"objective {stage.objective!r} is not supported")
     if not conversations:
         raise ValueError("no conversations to train on")
     out = Path(out_dir)
@@ -296,76 +403,341 @@ def train_stage(
     set_seed(seed)
     if not hasattr(model, "peft_config"):
         model = apply_trainability(model, stage.component_specs(), component_prefixes)
+    if stage.gradient_checkpointing:
+        base = _unwrap(model)
+        if not hasattr(base, "gradient_checkpointing_enable"):
+            raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "enable_input_require_grads"):
+            base.enable_input_require_grads()
+    family = getattr(getattr(processor, "config", None), "family", "llava")
+    causal = family != "radscribe"
+
+    contrastive = None
+    if stage.objective == "contrastive":
+        from radixpert.train.contrastive import ContrastiveHead
+
+        contrastive = ContrastiveHead.for_model(_unwrap(model))
+    if accelerator is None:
+        trackers = list(log_with)
+        accelerator = Accelerator(
+            mixed_precision=stage.mixed_precision,
+            gradient_accumulation_steps=stage.grad_accum,
+            log_with=trackers or None,
+            project_dir=str(out / "logs"),
+        )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and world == 1:
+        raise RuntimeError(
+            f"launched with WORLD_SIZE={launched} but accelerate runs one process; on CPU set "
+            "ACCELERATE_USE_CPU=true (see configs/accelerate/README.md)"
+        )
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:  # DeepSpeed runs the step itself: give it the stage's settings
+        plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=stage.batch_size,
+            gradient_accumulation_steps=stage.grad_accum,
+            gradient_clipping=stage.grad_clip or 0.0,
+        )
+    main = accelerator.is_main_process
 
     lengths = [example_length(processor, c) for c in conversations]
-    n_batches = math.ceil(len(conversations) / stage.batch_size)
+    answer = [_answer_tokens(processor, c) for c in conversations] if causal else None
+    global_batch = stage.batch_size * world
+    n_batches = math.ceil(len(conversations) / global_batch)
     steps_total = total_steps(stage, n_batches, max_steps)
-    accelerator = Accelerator(
-        mixed_precision=stage.mixed_precision, gradient_accumulation_steps=stage.grad_accum
-    )
     optimizer = build_optimizer(model, stage, component_prefixes)
+    if contrastive is not None:
+        optimizer.add_param_group(
+            {
+                "params": list(contrastive.parameters()),
+                "lr": stage.lr("vision_tower"),
+                "weight_decay": 0.0,
+                "name": "contrastive_head",
+            }
+        )
     scheduler = build_scheduler(optimizer, stage, steps_total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if contrastive is not None:
+        model, contrastive, optimizer, scheduler = accelerator.prepare(
+            model, contrastive, optimizer, scheduler
+        )
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if log_with and main:
+        accelerator.init_trackers(stage.name, config=_flat_config(stage))
 
     step, epoch, batch_index, last_loss = 0, 0, 0, None
+    stopper = _EarlyStop(stage.early_stopping, None) if stage.early_stopping else None
     found = latest_checkpoint(out) if resume else None
     if found is not None:
         path, position = found
         accelerator.load_state(str(path))
         step, epoch, batch_index = position["step"], position["epoch"], position["batch"]
         last_loss = position.get("loss")
+        if stage.early_stopping:
+            stopper = _EarlyStop(stage.early_stopping, position.get("early_stopping"))
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)", path, step, epoch, batch_index
         )
     resumed_from = step
+    stopped = bool(found and found[1].get("stopped_early"))
 
-    def make_batch(indices: list[int]) -> dict[str, torch.Tensor]:
+    def make_batch(items: Sequence[Any], side: str | None = None) -> dict[str, torch.Tensor]:
         images, turns = [], []
-        for i in indices:
-            paths, conv = _record(conversations[i])
+        for item in items:
+            paths, conv = _record(item)
             images.append([root / p for p in paths])
             turns.append(conv)
         use_images = any(images)
         batch = processor(images if use_images else None, turns)
         return {k: v.to(accelerator.device) for k, v in batch.items()}
 
-    plan = length_grouped_batches(lengths, stage.batch_size, seed, epoch)
+    def shard(indices: list[int]) -> list[int]:
+        size = math.ceil(len(indices) / world)
+        return indices[rank * size : (rank + 1) * size]
+
+    def lm_loss(items: Sequence[Any], denominator: int) -> tuple[torch.Tensor, float]:
+        """(loss to backpropagate, this shard's share of the step's mean token loss)."""
+        batch = make_batch(items)
+        local = _loss_tokens(batch, causal)
+        loss = model(**batch).loss
+        summed = loss * local
+        # accelerate divides by grad_accum and DDP averages over processes: undo both so the
+        # gradient is that of sum(token losses) / (tokens of the whole step).
+        return summed * stage.grad_accum * world / denominator, float(summed.detach()) / denominator
+
+    def contrastive_loss(items: Sequence[Any]) -> tuple[torch.Tensor, float]:
+        from radixpert.train.contrastive import contrastive_batch
+        from radixpert.train.contrastive import contrastive_loss as clip_loss
+
+        images = [root / _record(c)[0][0] for c in items]
+        reports = [_record(c)[1][-1]["value"] for c in items]
+        batch = contrastive_batch(processor, images, reports)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        loss = clip_loss(model, contrastive, batch)
+        # Each process contrasts its own shard (local negatives), as open_clip without
+        # gather_with_grad; accelerate and DDP then average the shards' gradients.
+        return loss, float(loss.detach())
+
+    @torch.no_grad()
+    def validate() -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if val_conversations:
+            model.eval()
+            total, tokens = 0.0, 0
+            for i in range(0, len(val_conversations), global_batch):
+                items = [
+                    val_conversations[j]
+                    for j in shard(list(range(i, min(i + global_batch, len(val_conversations)))))
+                ]
+                if not items:
+                    continue
+                if contrastive is not None:
+                    total += contrastive_loss(items)[1] * len(items)
+                    tokens += len(items)
+                    continue
+                batch = make_batch(items)
+                n = _loss_tokens(batch, causal)
+                total += float(model(**batch).loss) * n
+                tokens += n
+            both = accelerator.reduce(
+                torch.tensor([total, float(tokens)], device=accelerator.device), "sum"
+            )
+            metrics["val_loss"] = float(both[0] / both[1]) if float(both[1]) else float("nan")
+            model.train()
+        if evaluate_fn is not None:
+            model.eval()
+            metrics.update(
+                {k: float(v) for k, v in evaluate_fn(accelerator.unwrap_model(model)).items()}
+            )
+            model.train()
+        return metrics
+
+    def record(kind: str, values: Mapping[str, Any]) -> None:
+        if not main:
+            return
+        row = {"kind": kind, "stage": stage.name, "step": step, **values}
+        with (out / METRICS_FILE).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if log_with:
+            numeric = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, int | float)}
+            accelerator.log(numeric, step=global_step_offset + step)
+
+    plan = length_grouped_batches(lengths, global_batch, seed, epoch)
+    epoch_steps = max(1, len(plan) // stage.grad_accum)
+    eval_every = stage.eval_every or epoch_steps
     losses: list[float] = []
+    validation: dict[str, float] = {}
+    best_path = out / BEST_FILE
+    bar = tqdm(
+        total=steps_total,
+        initial=step,
+        desc=f"stage {stage.name}",
+        disable=not (progress and main),
+        unit="step",
+        dynamic_ncols=True,
+    )
     model.train()
-    while step < steps_total:
-        micro: list[float] = []
+    tick, seen, seen_tokens = time.perf_counter(), 0, 0
+    while step < steps_total and not stopped:
+        micro: list[list[int]] = []
         for _ in range(stage.grad_accum):
             if batch_index >= len(plan):
                 epoch, batch_index = epoch + 1, 0
-                plan = length_grouped_batches(lengths, stage.batch_size, seed, epoch)
-            batch = make_batch(plan[batch_index])
+                plan = length_grouped_batches(lengths, global_batch, seed, epoch)
+            micro.append(plan[batch_index])
             batch_index += 1
+        # RadScribe's labels are in the decoder's vocabulary: it keeps its own mean loss.
+        denominator = sum(answer[i] for b in micro for i in b) if answer is not None else 0
+        summed = 0.0
+        for indices in micro:
+            items = [conversations[i] for i in shard(indices)]
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                if contrastive is not None:
+                    loss, value = contrastive_loss(items)
+                    value /= stage.grad_accum * world
+                elif denominator:
+                    loss, value = lm_loss(items, denominator)
+                else:
+                    loss = model(**make_batch(items)).loss
+                    value = float(loss.detach()) / (stage.grad_accum * world)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and stage.grad_clip is not None:
                     accelerator.clip_grad_norm_(model.parameters(), stage.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            micro.append(float(loss.detach()))
+            summed += value
+            seen += len(items)
+            seen_tokens += sum(lengths[i] for i in shard(indices))
         step += 1
-        last_loss = sum(micro) / len(micro)
+        if world > 1:
+            summed = float(
+                accelerator.reduce(torch.tensor([summed], device=accelerator.device), "sum")
+            )
+        last_loss = summed
         losses.append(last_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
         if step % max(1, log_every) == 0 or step == steps_total:
+            elapsed = max(time.perf_counter() - tick, 1e-9)
+            values: dict[str, Any] = {
+                "loss": last_loss,
+                "lr": scheduler.get_last_lr()[0],
+                "epoch": epoch,
+                "samples_per_s": seen * world / elapsed,
+                "tokens_per_s": seen_tokens * world / elapsed,
+                "peak_memory_gb": _peak_memory_gb(accelerator.device),
+            }
+            for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+                values[f"lr/{group.get('name', 'group')}"] = lr
+            gate = _gate_weights(model)
+            if gate is not None:
+                values.update({f"gate/level{i}": g for i, g in enumerate(gate)})
+            record("train", values)
+            tick, seen, seen_tokens = time.perf_counter(), 0, 0
             logger.info(
                 "stage %s step %d/%d loss %.4f lr %.3g",
                 stage.name,
                 step,
                 steps_total,
                 last_loss,
-                scheduler.get_last_lr()[0],
+                values["lr"],
             )
+        if (val_conversations or evaluate_fn) and (step % eval_every == 0 or step == steps_total):
+            validation = validate()
+            record("validation", validation)
+            bar.write(
+                f"stage {stage.name} step {step}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in validation.items())
+            )
+            if stopper is not None:
+                if stopper.update(validation, step) and main:
+                    _save_tensors(_trainable_state(model), best_path)
+                accelerator.wait_for_everyone()
+                if stopper.stop:
+                    stopped = True
+                    logger.info(
+                        "stage %s: early stop at step %d, %s did not improve for %d evaluations"
+                        " (best %.4f at step %s)",
+                        stage.name,
+                        step,
+                        stopper.rule.metric,
+                        stopper.rule.patience,
+                        stopper.best,
+                        stopper.best_step,
+                    )
         save_now = stage.save_every is not None and step % stage.save_every == 0
-        if save_now or step == steps_total:
+        if save_now or step == steps_total or stopped:
             position = {"step": step, "epoch": epoch, "batch": batch_index, "loss": last_loss}
+            if stopper is not None:
+                position["early_stopping"] = stopper.state()
+                position["stopped_early"] = stopped
             _save(accelerator, out, position, keep_checkpoints)
         if on_step is not None:
             on_step(step, last_loss)
+    bar.close()
     accelerator.wait_for_everyone()
-    return {"final_loss": last_loss, "steps": step, "losses": losses, "resumed_from": resumed_from}
+    best = None
+    if stopper is not None and stopper.best is not None:
+        best = {"value": stopper.best, "step": stopper.best_step, "metric": stopper.rule.metric}
+        if best_path.is_file() and stopper.best_step != step:
+            _load_trainable(model, best_path)
+            logger.info(
+                "stage %s: restored the best weights (step %s)", stage.name, stopper.best_step
+            )
+    if log_with and main:
+        accelerator.end_training()
+    return {
+        "final_loss": last_loss,
+        "steps": step,
+        "losses": losses,
+        "resumed_from": resumed_from,
+        "stopped_early": stopped,
+        "best": best,
+        "validation": validation,
+        "model": accelerator.unwrap_model(model),
+    }
+
+
+def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Writes ``tensors`` as safetensors through a temporary file and ``os.replace``."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.part")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_trainable(model: Any, path: Path) -> None:
+    """Copies the tensors saved by ``_save_tensors`` back into ``model``'s parameters."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    params = dict(_unwrap(model).named_parameters())
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+
+def _flat_config(stage: Stage) -> dict[str, Any]:
+    """The stage's settings as flat scalars, for the trackers' hyper-parameter tables."""
+    import dataclasses
+
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                walk(f"{prefix}{f.name}.", getattr(value, f.name))
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        elif isinstance(value, int | float | str | bool):
+            flat[prefix.rstrip(".")] = value
+        elif value is not None:
+            flat[prefix.rstrip(".")] = str(value)
+
+    walk("", stage)
+    return flat

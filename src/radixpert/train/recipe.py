@@ -80,6 +80,7 @@ SIZE_NAMES: tuple[str, ...] = (
     "llava_rad_shape",
     "tiny-llava",
     "tiny-llava-hcf",
+    "demo-llava-hcf",
     "tiny-encoder-decoder",
     "tiny-mllama",
     "tiny-onevision",
@@ -156,7 +157,10 @@ class ModelSpec:
     Args:
         family: One of ``FAMILIES``.
         size: A named size or tiny family (``SIZE_NAMES``); exactly one of size and pretrained.
-        pretrained: A Hugging Face id or a local model folder to start from.
+        pretrained: A Hugging Face id, a local model folder or a radixpert bundle to start
+            from.
+        tokenizer: A tokenizer folder or id; default: the pretrained model's own, or for a
+            random-init ``size`` a BPE tokenizer trained on the recipe's text.
         connector: "mlp" (LLaVA projector) or "hcf" (Radixpert's fusion).
         hcf: HCF options; only with ``connector: hcf`` (defaults when omitted).
     """
@@ -164,6 +168,7 @@ class ModelSpec:
     family: Literal["llava", "mllama", "llava_onevision", "radscribe"]
     size: str | None = None
     pretrained: str | None = None
+    tokenizer: str | None = None
     connector: Literal["mlp", "hcf"] = "mlp"
     hcf: HCFOptions | None = None
 
@@ -211,7 +216,7 @@ class DataMixture:
 
     sources: tuple[DataSource, ...]
     tasks: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"report": 1.0})
-    split: Literal["train", "validation", "test"] = "train"
+    split: Literal["train", "validate", "test"] = "train"
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -349,6 +354,7 @@ class Stage:
         family_stage: The family's own stage switch, for RadScribe "decoder" / "end_to_end"
             (``radixpert.models.encoder_decoder.set_stage``), which freezes the joint encoder
             inside the connector while the label branch trains.
+        gradient_checkpointing: Recompute activations in the backward pass (less memory).
     """
 
     name: str
@@ -369,6 +375,7 @@ class Stage:
     input: Literal["image+prompt", "image_only"] = "image+prompt"
     prompt_fields: tuple[str, ...] = ()
     family_stage: Literal["decoder", "end_to_end"] | None = None
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or self.name.isdigit() or "." in self.name or "=" in self.name:
@@ -617,6 +624,11 @@ def load_recipe(
         root = data.get("data_root")
         if root is not None and not isinstance(root, str):
             raise RecipeError(f"data_root: expected str, got {type(root).__name__} {root!r}")
+        model = data.get("model")
+        for key in ("pretrained", "tokenizer"):
+            value = model.get(key) if isinstance(model, dict) else None
+            if isinstance(value, str) and ("${" in value or Path(value).is_absolute()):
+                model[key] = _expand(model[key], f"model.{key}", root)
         for i, stage in enumerate(data.get("stages") or []):
             sources = stage.get("data", {}).get("sources") if isinstance(stage, dict) else None
             for j, source in enumerate(sources if isinstance(sources, list) else []):
