@@ -87,6 +87,11 @@ def test_other_recipes_follow_their_papers(tmp_path: Path) -> None:
     assert rad.stages[1].trainability.language_model.mode == "frozen"
     assert rad.stages[2].trainability.language_model.mode == "lora"
     assert rad.stages[2].prompt_fields == ("indication",)
+    # microsoft/LLaVA-Rad scripts/pretrain.sh and finetune_lora.sh (see the recipe's header)
+    assert rad.stages[1].optimizer.lr == 1e-3 and rad.stages[1].epochs == 1
+    lora = rad.stages[2].trainability.language_model
+    assert (lora.rank, lora.alpha, lora.dropout) == (64, 128.0, 0.05)
+    assert rad.stages[2].optimizer.lr == 1e-4 and rad.stages[2].epochs == 3
 
     vlm = load_recipe(RECIPES / "radvlm.yaml", data_root=tmp_path)
     (stage,) = vlm.stages
@@ -101,13 +106,21 @@ def test_other_recipes_follow_their_papers(tmp_path: Path) -> None:
     assert decoder.family_stage == "decoder" and decoder.epochs == 3
     assert end.schedule.name == "cosine" and end.schedule.warmup_ratio == 0.1
     assert end.early_stopping is not None
-    assert len({end.lr(c) for c in ("vision_tower", "connector", "language_model")}) == 3
+    # Nouvelle-Lune/RadScribe configs/base.yaml: encoder side 5e-5, decoder 1e-4
+    assert (end.lr("vision_tower"), end.lr("connector"), end.lr("language_model")) == (
+        5e-5,
+        5e-5,
+        1e-4,
+    )
+    assert decoder.epochs + end.epochs == 20
 
     demo = load_recipe(RECIPES / "demo.yaml", data_root=tmp_path)
-    assert demo.model.size == "tiny-llava-hcf" and demo.model.connector == "hcf"
-    assert [s.name for s in demo.stages][:2] == ["foundation", "alignment"]
-    assert [s.trainability.language_model.rank for s in demo.stages[2:]] == [64, 32, 16]
-    assert all(s.max_steps is not None and s.max_steps <= 50 for s in demo.stages)
+    assert demo.model.size == "demo-llava-hcf" and demo.model.connector == "hcf"
+    assert [s.name for s in demo.stages][:3] == ["encoder", "foundation", "alignment"]
+    assert demo.stages[0].objective == "contrastive"
+    assert [s.trainability.language_model.rank for s in demo.stages[3:]] == [64, 32, 16]
+    assert [s.optimizer.lr for s in demo.stages[3:]] == [2e-4, 1e-4, 5e-5]
+    assert all(s.max_steps is not None for s in demo.stages)
 
 
 def test_name_lists_match_the_library() -> None:

@@ -53,6 +53,7 @@ def _tiny(name: str) -> nn.Module | None:
     builders = {
         "tiny-llava": ("radixpert.models.llava", "tiny_llava", {"connector": "mlp"}),
         "tiny-llava-hcf": ("radixpert.models.llava", "tiny_llava", {"connector": "hcf"}),
+        "demo-llava": ("radixpert.models.llava", "demo_llava", {"connector": "mlp"}),
         "demo-llava-hcf": ("radixpert.models.llava", "demo_llava", {"connector": "hcf"}),
         "tiny-encoder-decoder": ("radixpert.models.encoder_decoder", "tiny_encoder_decoder", {}),
         "tiny-mllama": ("radixpert.models.mllama", "tiny_mllama", {}),
@@ -67,6 +68,7 @@ def _tiny(name: str) -> nn.Module | None:
 TINY_NAMES = (
     "tiny-llava",
     "tiny-llava-hcf",
+    "demo-llava",
     "demo-llava-hcf",
     "tiny-encoder-decoder",
     "tiny-mllama",

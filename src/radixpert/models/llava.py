@@ -377,15 +377,19 @@ DEMO_VOCAB = 512
 
 
 def demo_llava(connector: str = "hcf") -> LlavaForConditionalGeneration:
-    """The demo's small llava: CLIP (64 px, patch 8, 64 image tokens, width 64, 4 layers) +
+    """The demo's small llava: CLIP (64 px, patch 16, 16 image tokens, width 64, 4 layers) +
     Llama (width 128, 3 layers, vocab 512, image token 511), about 1 M parameters.
 
     Small enough to train from scratch on phantoms on two CPU cores in minutes, large enough to
     read them: 64 px keeps devices, nodules and pleural lines visible (see ``radixpert demo``).
+    Patch 16 rather than 8: a vision tower of this size trained to classify the phantom findings
+    reached micro F1 0.90 with 16 px patches against 0.84 with 8 px ones, in a third of the
+    time (2,000 steps of 32, docs/benchmarks.md), and four times fewer image tokens keep the
+    language model's sequences short.
     """
     clip = CLIPVisionConfig(
         image_size=64,
-        patch_size=8,
+        patch_size=16,
         hidden_size=64,
         num_hidden_layers=4,
         num_attention_heads=4,

@@ -242,6 +242,16 @@ class RadProcessor:
             "family": "radscribe",
         }
         settings.update(overrides)
+        if "max_length" not in overrides:
+            # The joint encoder reads [CLS] image [SEP] prompt within its position table: the
+            # prompt is cut to the room the image leaves (a long indication is truncated).
+            size = int(settings["image_size"])
+            param = next(model.parameters())
+            with torch.no_grad():
+                probe = torch.zeros(1, channels, size, size, device=param.device, dtype=param.dtype)
+                n_image = int(model.image_tokens(probe).shape[1])
+            room = int(model.joint.config.max_position_embeddings) - n_image - 2
+            settings["max_length"] = max(0, room)
         return cls(tokenizer, ProcessorConfig(**settings), decoder_tokenizer=decoder_tokenizer)
 
     # ------------------------------------------------------------------ images

@@ -55,10 +55,22 @@ def train_bpe(
     tok = Tokenizer(models.BPE(unk_token="<unk>" if "<unk>" in specials else None))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
+    # Every printable ASCII character is in the base alphabet, so no character of a later
+    # text (a box's "[", a digit) becomes <unk> because the training text lacked it.
+    # A vocabulary too small for that (the tiny test sizes) keeps the most frequent
+    # characters that fit; the others become <unk>.
+    alphabet = [chr(c) for c in range(33, 127)]
+    roomy = size >= len(specials) + len(alphabet) + 1
     trainer = trainers.BpeTrainer(
-        vocab_size=size, special_tokens=list(specials), show_progress=False
+        vocab_size=size,
+        special_tokens=list(specials),
+        initial_alphabet=alphabet if roomy else [],
+        limit_alphabet=None if roomy else size - len(specials),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
+    if tok.get_vocab_size() > size:
+        raise ValueError(f"BPE made {tok.get_vocab_size()} tokens, more than {size}")
     filler = size - tok.get_vocab_size()
     if filler > 0:
         tok.add_special_tokens([AddedToken(f"<unused_{i}>", special=True) for i in range(filler)])
@@ -95,8 +107,8 @@ def train_tokenizers(model: Any, texts: Sequence[str]) -> tuple[Any, Any]:
     core = ["<pad>", "<s>", "</s>", "<unk>"]
     if family == "radscribe":
         configs = model.configs
-        joint_size = int(configs["encoder"].vocab_size)
-        decoder = configs["decoder"]
+        joint_size = int(configs["joint_config"].vocab_size)
+        decoder = configs["decoder_config"]
         joint = train_bpe(texts, joint_size, ["<pad>", "<unk>"])
         dec = train_bpe(texts, int(decoder.vocab_size), ["<pad>", "</s>", "<unk>"])
         if (dec.pad_token_id, dec.eos_token_id) != (decoder.pad_token_id, decoder.eos_token_id):

@@ -443,6 +443,9 @@ def train_stage(
     main = accelerator.is_main_process
 
     lengths = [example_length(processor, c) for c in conversations]
+    # Length groups would fill a contrastive batch with look-alike reports (false negatives):
+    # a contrastive stage batches at random.
+    plan_lengths = [0] * len(lengths) if contrastive is not None else lengths
     answer = [_answer_tokens(processor, c) for c in conversations] if causal else None
     global_batch = stage.batch_size * world
     n_batches = math.ceil(len(conversations) / global_batch)
@@ -458,12 +461,14 @@ def train_stage(
             }
         )
     scheduler = build_scheduler(optimizer, stage, steps_total)
+    # The scheduler is not prepared: accelerate would step it once per process per step
+    # (it assumes a dataloader sharded by the processes), which would run the schedule N times
+    # too fast on N processes. It steps here once per optimiser step and is checkpointed.
     if contrastive is not None:
-        model, contrastive, optimizer, scheduler = accelerator.prepare(
-            model, contrastive, optimizer, scheduler
-        )
+        model, contrastive, optimizer = accelerator.prepare(model, contrastive, optimizer)
     else:
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     if log_with and main:
         accelerator.init_trackers(stage.name, config=_flat_config(stage))
 
@@ -564,7 +569,7 @@ def train_stage(
             numeric = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, int | float)}
             accelerator.log(numeric, step=global_step_offset + step)
 
-    plan = length_grouped_batches(lengths, global_batch, seed, epoch)
+    plan = length_grouped_batches(plan_lengths, global_batch, seed, epoch)
     epoch_steps = max(1, len(plan) // stage.grad_accum)
     eval_every = stage.eval_every or epoch_steps
     losses: list[float] = []
@@ -585,14 +590,18 @@ def train_stage(
         for _ in range(stage.grad_accum):
             if batch_index >= len(plan):
                 epoch, batch_index = epoch + 1, 0
-                plan = length_grouped_batches(lengths, global_batch, seed, epoch)
+                plan = length_grouped_batches(plan_lengths, global_batch, seed, epoch)
             micro.append(plan[batch_index])
             batch_index += 1
         # RadScribe's labels are in the decoder's vocabulary: it keeps its own mean loss.
         denominator = sum(answer[i] for b in micro for i in b) if answer is not None else 0
         summed = 0.0
         for indices in micro:
-            items = [conversations[i] for i in shard(indices)]
+            mine = shard(indices)
+            # A batch smaller than the process count leaves some process without examples;
+            # it still runs one (weight 0) so that every process takes part in the all-reduce.
+            weight = 1.0 if mine else 0.0
+            items = [conversations[i] for i in (mine or indices[:1])]
             with accelerator.accumulate(model):
                 if contrastive is not None:
                     loss, value = contrastive_loss(items)
@@ -602,15 +611,17 @@ def train_stage(
                 else:
                     loss = model(**make_batch(items)).loss
                     value = float(loss.detach()) / (stage.grad_accum * world)
+                loss, value = loss * weight, value * weight
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and stage.grad_clip is not None:
                     accelerator.clip_grad_norm_(model.parameters(), stage.grad_clip)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad()
             summed += value
-            seen += len(items)
-            seen_tokens += sum(lengths[i] for i in shard(indices))
+            seen += len(mine)
+            seen_tokens += sum(lengths[i] for i in mine)
         step += 1
         if world > 1:
             summed = float(

@@ -67,6 +67,8 @@ __all__ = [
     "apply_overrides",
     "describe",
     "load_recipe",
+    "recipe_path",
+    "shipped_recipes_dir",
 ]
 
 FAMILIES: tuple[str, ...] = ("llava", "mllama", "llava_onevision", "radscribe")
@@ -80,6 +82,7 @@ SIZE_NAMES: tuple[str, ...] = (
     "llava_rad_shape",
     "tiny-llava",
     "tiny-llava-hcf",
+    "demo-llava",
     "demo-llava-hcf",
     "tiny-encoder-decoder",
     "tiny-mllama",
@@ -108,11 +111,19 @@ class _Loader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that also reads ``1e-5`` (no dot) as a float."""
 
 
+# YAML 1.1 also reads yes/no/on/off as booleans, so `mixed_precision: no` would be False;
+# like YAML 1.2, only true/false are booleans here.
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+    k: [
+        (tag, rx)
+        for tag, rx in v
+        if tag not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")
+    ]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
 
 
 class RecipeError(ValueError):
@@ -161,6 +172,8 @@ class ModelSpec:
             from.
         tokenizer: A tokenizer folder or id; default: the pretrained model's own, or for a
             random-init ``size`` a BPE tokenizer trained on the recipe's text.
+        system_prompt: The chat template's system prompt; None keeps the template's own
+            (Vicuna's for llava), "" drops it.
         connector: "mlp" (LLaVA projector) or "hcf" (Radixpert's fusion).
         hcf: HCF options; only with ``connector: hcf`` (defaults when omitted).
     """
@@ -169,6 +182,7 @@ class ModelSpec:
     size: str | None = None
     pretrained: str | None = None
     tokenizer: str | None = None
+    system_prompt: str | None = None
     connector: Literal["mlp", "hcf"] = "mlp"
     hcf: HCFOptions | None = None
 
@@ -593,6 +607,28 @@ def _expand(value: str, key: str, data_root: str | None) -> str:
     if Path(value).is_absolute():
         raise RecipeError(f"{key}: absolute path {value!r}; write it as '${{data}}/...'")
     return _VARIABLE.sub(sub, value)
+
+
+def shipped_recipes_dir() -> Path:
+    """The ``configs/recipes`` folder of the source tree this package was installed from."""
+    return Path(__file__).resolve().parents[3] / "configs" / "recipes"
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` if it is a file, else a shipped recipe by name.
+
+    Raises:
+        RecipeError: Neither a file nor a shipped recipe (the shipped names are listed).
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes_dir()
+    candidate = shipped / f"{path.stem if path.suffix in ('.yaml', '.yml') else path}.yaml"
+    if candidate.is_file():
+        return candidate
+    names = sorted(p.stem for p in shipped.glob("*.yaml")) if shipped.is_dir() else []
+    raise RecipeError(f"{name_or_path}: no such recipe file; shipped recipes: {names}")
 
 
 def load_recipe(

@@ -209,7 +209,7 @@ def build_model(spec: ModelSpec, out: Path, texts: Sequence[str]) -> tuple[Any, 
             return load_bundle(path)
         model = _load_pretrained(spec)
         tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or spec.pretrained)
-        return model, RadProcessor.from_model(model, tokenizer)
+        return model, RadProcessor.from_model(model, tokenizer, **_processor_options(spec))
 
     model = _sized_model(spec)
     decoder = None
@@ -226,7 +226,13 @@ def build_model(spec: ModelSpec, out: Path, texts: Sequence[str]) -> tuple[Any, 
         tokenizer.save_pretrained(out / TOKENIZER_DIR)
         if decoder is not None:
             decoder.save_pretrained(out / DECODER_TOKENIZER_DIR)
-    return model, RadProcessor.from_model(model, tokenizer, decoder_tokenizer=decoder)
+    return model, RadProcessor.from_model(
+        model, tokenizer, decoder_tokenizer=decoder, **_processor_options(spec)
+    )
+
+
+def _processor_options(spec: ModelSpec) -> dict[str, Any]:
+    return {} if spec.system_prompt is None else {"system": spec.system_prompt}
 
 
 def _apply_stage(model: Any, stage: Stage, previous: Stage | None) -> Any:
@@ -327,7 +333,13 @@ def run_recipe(
                 model, processor = load_bundle(last_bundle)
                 model.train()
             else:
-                corpus = _texts(train) + _texts(val)
+                # The tokenizer must know the text of every stage (boxes, labels), not only
+                # this one's.
+                corpus = [
+                    t
+                    for later in recipe.stages[index:]
+                    for t in _texts(stage_conversations(later, seed=recipe.seed))
+                ]
                 with state.main_process_first():
                     model, processor = build_model(recipe.model, out, corpus)
         previous = recipe.stages[index - 1] if index else None

@@ -1,0 +1,1 @@
+"""Running trained models: batch generation (chat, grounding and attention maps to come)."""

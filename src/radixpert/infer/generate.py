@@ -1,0 +1,124 @@
+"""Batch generation: the model's answer to the last human turn of each conversation.
+
+    from radixpert.infer.generate import generate_answers
+    model, processor = load_bundle("runs/demo/model/04-msa3/bundle")
+    answers = generate_answers(model, processor, conversations, batch_size=32)
+
+Each conversation is cut before its first ``gpt`` turn that follows the last human turn (so a
+training conversation can be given as is), encoded by the model's own ``RadProcessor`` with
+the generation prompt and left padding, decoded greedily (deterministic) until the end-of-turn
+token or ``max_new_tokens``, and only the new tokens are decoded. Works for the llava, Mllama
+and OneVision families (``model.generate`` of transformers) and RadScribe (its own greedy
+decoder). Batches are sorted by prompt length to pad little; answers come back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["generate_answers", "prompt_turns"]
+
+
+def prompt_turns(turns: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The turns up to and including the last human turn (the question to answer)."""
+    last = max((i for i, t in enumerate(turns) if t["from"] == "human"), default=None)
+    if last is None:
+        raise ValueError("a conversation without a human turn has nothing to answer")
+    return [dict(t) for t in turns[: last + 1]]
+
+
+def _record(item: Any) -> tuple[list[str], list[dict[str, str]]]:
+    if isinstance(item, dict):
+        images, turns = item.get("image") or [], item["conversations"]
+    else:
+        images, turns = item.image, item.conversations
+    if isinstance(images, str | Path):
+        images = [images]
+    return [str(p) for p in images], list(turns)
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    processor: Any,
+    conversations: Sequence[Any],
+    *,
+    image_root: str | Path = Path("."),
+    batch_size: int = 16,
+    max_new_tokens: int = 160,
+    progress: bool = True,
+    desc: str = "generate",
+    **generate_kwargs: Any,
+) -> list[str]:
+    """Greedy answers to the last human turn of each conversation.
+
+    Args:
+        model: A llava, Mllama, OneVision or RadScribe model (peft-wrapped or not).
+        processor: Its ``RadProcessor``.
+        conversations: ``Conversation`` records or ShareGPT mappings; image paths relative to
+            ``image_root`` or absolute.
+        image_root: Folder of relative image paths.
+        batch_size: Conversations per ``generate`` call.
+        max_new_tokens: Most tokens per answer.
+        progress: Show a progress bar.
+        desc: The progress bar's label.
+        **generate_kwargs: Further ``generate`` arguments for the transformers families
+            (``num_beams``, ``do_sample``, ``temperature``, ...); greedy by default.
+
+    Returns:
+        One answer per conversation, in order, stripped.
+    """
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    root = Path(image_root)
+    items = [_record(c) for c in conversations]
+    prompts = [prompt_turns(turns) for _, turns in items]
+    order = sorted(range(len(items)), key=lambda i: -sum(len(t["value"]) for t in prompts[i]))
+    answers: list[str] = [""] * len(items)
+    family = processor.config.family
+    tokenizer = processor.decoder_tokenizer if family == "radscribe" else processor.tokenizer
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="ex", dynamic_ncols=True)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            images = [[root / p for p in items[i][0]] for i in chunk]
+            batch = processor(
+                images if any(images) else None,
+                [prompts[i] for i in chunk],
+                add_generation_prompt=True,
+            )
+            batch = {
+                k: v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device)
+                for k, v in batch.items()
+            }
+            if family == "radscribe":
+                batch.pop("labels", None)
+                out = model.generate(**batch, max_new_tokens=max_new_tokens)
+                new = out[:, 1:]
+            else:
+                settings = {"do_sample": False, **generate_kwargs}
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                    **settings,
+                )
+                new = out[:, batch["input_ids"].shape[1] :]
+            for i, ids in zip(chunk, new):
+                answers[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return answers
