@@ -164,3 +164,30 @@ def test_cli_train_reports_a_bad_key(tmp_path: Path, capsys: pytest.CaptureFixtu
     code = main(["train", "nonexistent_recipe", "--dry-run"])
     assert code == 2
     assert "shipped recipes" in capsys.readouterr().err
+
+
+def test_eval_metric_is_computed_on_generated_reports(data_root: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(
+        shipped_recipes_dir() / "demo.yaml",
+        overrides=[
+            "model.size=tiny-llava-hcf",
+            "stages.encoder.max_steps=1",
+            "stages.foundation.max_steps=2",
+            "stages.foundation.eval_every=2",
+            "stages.foundation.eval_metric=rouge-l",
+            "stages.foundation.data.tasks={report: 1.0}",
+        ],
+        data_root=str(data_root),
+    )
+    summary = run_recipe(
+        recipe, tmp_path / "run", only=["encoder", "foundation"], log_with=(), progress=False
+    )
+    validation = summary["stages"]["foundation"]["validation"]
+    assert set(validation) == {"val_loss", "val_rouge-l"}
+    assert 0.0 <= validation["val_rouge-l"] <= 1.0
+    with pytest.raises(Exception, match="eval_metric"):
+        load_recipe(
+            shipped_recipes_dir() / "demo.yaml",
+            overrides=["stages.encoder.eval_metric=bleu"],
+            data_root=str(data_root),
+        )

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_PHANTOMS", "run_demo"]
 
-DEFAULT_PHANTOMS = 1500
+DEFAULT_PHANTOMS = 6000
 IMAGE_SIZE = 64
 SAMPLES_ON_PAGE = 8
 INSTRUCT_TASKS = {"report": 1.0, "classification": 1.0, "grounding-abnormality": 1.0}

@@ -61,12 +61,11 @@ def train_bpe(
     # characters that fit; the others become <unk>.
     alphabet = [chr(c) for c in range(33, 127)]
     roomy = size >= len(specials) + len(alphabet) + 1
+    alphabet_options: dict[str, Any] = (
+        {"initial_alphabet": alphabet} if roomy else {"limit_alphabet": size - len(specials)}
+    )
     trainer = trainers.BpeTrainer(
-        vocab_size=size,
-        special_tokens=list(specials),
-        initial_alphabet=alphabet if roomy else [],
-        limit_alphabet=None if roomy else size - len(specials),
-        show_progress=False,
+        vocab_size=size, special_tokens=list(specials), show_progress=False, **alphabet_options
     )
     tok.train_from_iterator(texts, trainer)
     if tok.get_vocab_size() > size:

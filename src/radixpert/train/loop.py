@@ -231,7 +231,16 @@ def _save(accelerator: Any, out_dir: Path, position: dict[str, Any], keep: int) 
     path = out_dir / name
     if path.exists():
         shutil.rmtree(path)
-    accelerator.save_state(str(path))
+    # Tied input/output embeddings make accelerate warn "Removed shared tensor ... while
+    # saving" at every checkpoint; the weights are restored tied on load (the resume test
+    # checks it), so that line is kept out of the progress output.
+    quiet = logging.getLogger("accelerate.utils.other")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        accelerator.save_state(str(path))
+    finally:
+        quiet.setLevel(level)
     if accelerator.is_main_process:
         _write_json_atomic(path / POSITION_FILE, position)
         _write_json_atomic(out_dir / CHECKPOINT_POINTER, {"checkpoint": name, **position})

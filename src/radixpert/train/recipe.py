@@ -361,6 +361,10 @@ class Stage:
         mixed_precision: "no", "fp16" or "bf16".
         early_stopping: Early stopping on a validation metric, or None.
         eval_every: Steps between evaluations; None evaluates once per epoch.
+        eval_metric: A report metric (a ``radixpert evaluate`` name, e.g. "bleu", "rouge-l",
+            "f1-chexpert") computed at each evaluation on reports generated for the held-out
+            report conversations; its values are logged (``val_<name>``) and can drive early
+            stopping.
         save_every: Steps between checkpoints; None saves at the end of the stage.
         objective: "lm" (next-token loss) or "contrastive" (image-report, LLaVA-Rad stage 1).
         input: "image+prompt", or "image_only" (the prompt is dropped; LLaVA-Rad alignment).
@@ -384,6 +388,7 @@ class Stage:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     early_stopping: EarlyStopping | None = None
     eval_every: int | None = None
+    eval_metric: str | None = None
     save_every: int | None = None
     objective: Literal["lm", "contrastive"] = "lm"
     input: Literal["image+prompt", "image_only"] = "image+prompt"
@@ -400,6 +405,8 @@ class Stage:
             _positive(getattr(self, key), key)
         for key in ("eval_every", "save_every"):
             _positive(getattr(self, key), key)
+        if self.eval_metric is not None and self.objective != "lm":
+            raise ValueError("eval_metric: only a language-model stage writes reports")
         if self.input == "image_only" and self.prompt_fields:
             raise ValueError("prompt_fields: an image_only stage has no prompt")
 

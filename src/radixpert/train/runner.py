@@ -255,6 +255,36 @@ def _apply_stage(model: Any, stage: Stage, previous: Stage | None) -> Any:
     return apply_trainability(model, specs, prefixes)
 
 
+def _report_metric(
+    stage: Stage,
+    val: Sequence[Any],
+    processor: Any,
+    evaluate_fn: Callable[[Any, Any, Stage], Mapping[str, float]] | None,
+) -> Callable[[Any], Mapping[str, float]]:
+    """``f(model)``: the stage's ``eval_metric`` on reports written for the held-out reports."""
+    from radixpert.evaluate import registry
+    from radixpert.infer.generate import generate_answers
+
+    name = stage.eval_metric or ""
+    registry.expand([name])  # an unknown name fails before training, not at the first eval
+    reports = [c for c in val if c.task in ("report", "report-full")]
+    if not reports:
+        raise ValueError(f"stage {stage.name}: eval_metric needs report conversations to score")
+
+    def compute(model: Any) -> Mapping[str, float]:
+        written = generate_answers(model, processor, reports, progress=False)
+        truth = [c.conversations[-1]["value"] for c in reports]
+        out: dict[str, float] = {}
+        for metric in registry.expand([name]):
+            for result in registry.create(metric).compute(truth, written).flatten():
+                out[f"val_{result.name}"] = float(result.aggregate)
+        if evaluate_fn is not None:
+            out.update(evaluate_fn(model, processor, stage))
+        return out
+
+    return compute
+
+
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     from radixpert.train.loop import _write_json_atomic
 
@@ -346,7 +376,9 @@ def run_recipe(
         model = _apply_stage(model, stage, previous)
         logger.info("stage %d/%d: %s", index + 1, len(recipe.stages), stage.name)
         metric_fn = None
-        if evaluate_fn is not None:
+        if stage.eval_metric is not None:
+            metric_fn = _report_metric(stage, val, processor, evaluate_fn)
+        elif evaluate_fn is not None:
 
             def metric_fn(
                 m: Any, _stage: Stage = stage, _proc: Any = processor
