@@ -341,7 +341,7 @@ def test_failure_while_writing_removes_the_temporary_file(samples, tmp_path, mon
     def fail(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(page.os, "replace", fail)
+    monkeypatch.setattr("os.replace", fail)
     out = tmp_path / "report.html"
     with pytest.raises(OSError, match="disk full"):
         write_page(out, title="t", summary=SUMMARY, samples=samples, curves=CURVES)
@@ -356,3 +356,10 @@ def test_bad_inputs_fail_loudly(samples, tmp_path):
     with pytest.raises(TypeError, match=r"summary\['extra'\]"):
         write_page(out, title="t", summary={**SUMMARY, "extra": [1]}, samples=[], curves={})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_page_is_as_readable_as_any_new_file(written):
+    from radixpert.evaluate.io import default_file_mode
+
+    path, _ = written
+    assert path.stat().st_mode & 0o777 == default_file_mode()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 QUICK = [
-    "stages.encoder.max_steps=2",
+    "stages.see.max_steps=2",
     "stages.foundation.max_steps=3",
     "stages.alignment.max_steps=1",
     "stages.msa1.max_steps=1",

@@ -132,7 +132,7 @@ def test_tensorboard_gets_loss_lr_gate_and_validation(data_root: Path, tmp_path:
 
 
 def test_gradient_checkpointing_gives_the_same_losses(data_root: Path, tmp_path: Path) -> None:
-    runs = []
+    runs, enabled = [], []
     for flag in (False, True):
         _deterministic()
         model, processor, convs = _setup(data_root)
@@ -148,4 +148,11 @@ def test_gradient_checkpointing_gives_the_same_losses(data_root: Path, tmp_path:
                 progress=False,
             )["losses"]
         )
+        enabled.append(_checkpointing(model))
+    assert enabled == [False, True]
     assert runs[1] == pytest.approx(runs[0], abs=1e-5)
+
+
+def _checkpointing(model: object) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_activation_checkpointing", False))

@@ -116,8 +116,8 @@ def test_other_recipes_follow_their_papers(tmp_path: Path) -> None:
 
     demo = load_recipe(RECIPES / "demo.yaml", data_root=tmp_path)
     assert demo.model.size == "demo-llava-hcf" and demo.model.connector == "hcf"
-    assert [s.name for s in demo.stages][:3] == ["encoder", "foundation", "alignment"]
-    assert demo.stages[0].objective == "contrastive"
+    assert [s.name for s in demo.stages][:3] == ["see", "foundation", "alignment"]
+    assert set(demo.stages[0].data.tasks) == {"classification"}
     assert [s.trainability.language_model.rank for s in demo.stages[3:]] == [64, 32, 16]
     assert [s.optimizer.lr for s in demo.stages[3:]] == [2e-4, 1e-4, 5e-5]
     assert all(s.max_steps is not None for s in demo.stages)

@@ -171,7 +171,7 @@ def test_eval_metric_is_computed_on_generated_reports(data_root: Path, tmp_path:
         shipped_recipes_dir() / "demo.yaml",
         overrides=[
             "model.size=tiny-llava-hcf",
-            "stages.encoder.max_steps=1",
+            "stages.see.max_steps=1",
             "stages.foundation.max_steps=2",
             "stages.foundation.eval_every=2",
             "stages.foundation.eval_metric=rouge-l",
@@ -180,7 +180,7 @@ def test_eval_metric_is_computed_on_generated_reports(data_root: Path, tmp_path:
         data_root=str(data_root),
     )
     summary = run_recipe(
-        recipe, tmp_path / "run", only=["encoder", "foundation"], log_with=(), progress=False
+        recipe, tmp_path / "run", only=["see", "foundation"], log_with=(), progress=False
     )
     validation = summary["stages"]["foundation"]["validation"]
     assert set(validation) == {"val_loss", "val_rouge-l"}
@@ -188,6 +188,6 @@ def test_eval_metric_is_computed_on_generated_reports(data_root: Path, tmp_path:
     with pytest.raises(Exception, match="eval_metric"):
         load_recipe(
             shipped_recipes_dir() / "demo.yaml",
-            overrides=["stages.encoder.eval_metric=bleu"],
+            overrides=["stages.see.objective=contrastive", "stages.see.eval_metric=bleu"],
             data_root=str(data_root),
         )

@@ -34,8 +34,6 @@ import errno
 import io
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -411,16 +409,9 @@ def write_page(
         + "\n".join(body)
         + "\n</body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from radixpert.evaluate.io import atomic_write
+
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(page)
     logger.info("wrote %s (%d samples, %d KiB)", path, len(samples), len(page) // 1024)
     return path

@@ -320,6 +320,17 @@ def pair_reports(refs: Reports, cands: Reports, allow_missing: bool = False) -> 
     return Pairs(ids, references, candidates, only_r, only_c, empty)
 
 
+def default_file_mode() -> int:
+    """The mode a plain ``open`` would give a new file (0o666 less the umask).
+
+    ``tempfile.mkstemp`` makes 0o600 files; an atomically written output gets this mode
+    instead, so it is as readable as any other file the user writes.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
     """Open a temporary file beside `path`; move it into place only if the block succeeds."""
@@ -331,6 +342,7 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[A
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

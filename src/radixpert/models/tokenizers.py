@@ -59,7 +59,7 @@ def train_bpe(
     # text (a box's "[", a digit) becomes <unk> because the training text lacked it.
     # A vocabulary too small for that (the tiny test sizes) keeps the most frequent
     # characters that fit; the others become <unk>.
-    alphabet = [chr(c) for c in range(33, 127)]
+    alphabet = ["\n", *(chr(c) for c in range(33, 127))]
     roomy = size >= len(specials) + len(alphabet) + 1
     alphabet_options: dict[str, Any] = (
         {"initial_alphabet": alphabet} if roomy else {"limit_alphabet": size - len(specials)}
@@ -118,6 +118,10 @@ def train_tokenizers(model: Any, texts: Sequence[str]) -> tuple[Any, Any]:
         return joint, dec
     config = model.config
     image = int(config.image_token_index)
+    # The chat template's own words (the processor adds them to every example) get merges too.
+    from radixpert.models.processor import VICUNA_SYSTEM
+
+    texts = [*texts, *[f"{VICUNA_SYSTEM} USER: ASSISTANT:"] * 20]
     if family == "mllama":
         tokenizer = train_bpe(texts, image, core, [MLLAMA_IMAGE_TOKEN])
         _check(tokenizer, {MLLAMA_IMAGE_TOKEN: image})

@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from radixpert.evaluate.io import default_file_mode
 from radixpert.models.connectors import IGNORE_INDEX
 from radixpert.models.trainability import (
     LLAVA_COMPONENTS,
@@ -95,6 +96,7 @@ def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -414,9 +416,14 @@ def train_stage(
         model = apply_trainability(model, stage.component_specs(), component_prefixes)
     if stage.gradient_checkpointing:
         base = _unwrap(model)
-        if not hasattr(base, "gradient_checkpointing_enable"):
+        # transformers 5 calls it activation checkpointing; the old name still works but warns.
+        settings = {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=settings)
+        elif hasattr(base, "gradient_checkpointing_enable"):
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
+        else:
             raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(base, "enable_input_require_grads"):
             base.enable_input_require_grads()
     family = getattr(getattr(processor, "config", None), "family", "llava")
