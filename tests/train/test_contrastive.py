@@ -160,25 +160,9 @@ def test_text_features_refuse_empty_rows_and_non_llava() -> None:
 
 def _tokenizer(texts: list[str]) -> Any:
     """A tiny BPE trained on the reports: vocab 63 + ``<image>`` (id 63, as tiny_llava expects)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from radixpert.models.tokenizers import train_bpe
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=63, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], show_progress=False
-    )
-    tok.train_from_iterator(texts * 10, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-    )
-    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    return fast
+    return train_bpe(texts * 10, 63, ["<pad>", "<s>", "</s>", "<unk>"], ["<image>"])
 
 
 def _phantom_batch(tmp_path: Path, model: Any, n: int = 8) -> tuple[Any, dict[str, torch.Tensor]]:

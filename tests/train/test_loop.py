@@ -62,28 +62,12 @@ def _stage(**changes: Any) -> Stage:
 
 def _make_data(root: Path) -> None:
     """Tokenizer, 16 phantoms (64 px, the smallest; letterboxed to 32) and report conversations."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from radixpert.data.phantoms import generate_phantoms
     from radixpert.instruct.conversation import write_conversations
     from radixpert.instruct.mixture import build_mixture
+    from radixpert.models.tokenizers import train_bpe
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=63, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], show_progress=False
-    )
-    tok.train_from_iterator(CORPUS * 10, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-    )
-    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    fast = train_bpe(CORPUS * 10, 63, ["<pad>", "<s>", "</s>", "<unk>"], ["<image>"])
     fast.save_pretrained(root / "tokenizer")
     studies = generate_phantoms(16, root / "phantoms", size=64)
     convs = list(build_mixture(studies, {"report": 1.0}))

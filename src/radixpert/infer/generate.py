@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from radixpert.instruct.conversation import images_and_turns
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["generate_answers", "prompt_turns"]
@@ -32,16 +34,6 @@ def prompt_turns(turns: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     if last is None:
         raise ValueError("a conversation without a human turn has nothing to answer")
     return [dict(t) for t in turns[: last + 1]]
-
-
-def _record(item: Any) -> tuple[list[str], list[dict[str, str]]]:
-    if isinstance(item, dict):
-        images, turns = item.get("image") or [], item["conversations"]
-    else:
-        images, turns = item.image, item.conversations
-    if isinstance(images, str | Path):
-        images = [images]
-    return [str(p) for p in images], list(turns)
 
 
 @torch.no_grad()
@@ -81,7 +73,7 @@ def generate_answers(
     model.eval()
     param = next(model.parameters())
     root = Path(image_root)
-    items = [_record(c) for c in conversations]
+    items = [images_and_turns(c) for c in conversations]
     prompts = [prompt_turns(turns) for _, turns in items]
     order = sorted(range(len(items)), key=lambda i: -sum(len(t["value"]) for t in prompts[i]))
     answers: list[str] = [""] * len(items)

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,18 @@ from typing import Any
 from radixpert.evaluate.io import atomic_write
 
 IMAGE_TOKEN = "<image>"
+
+
+def images_and_turns(item: Any) -> tuple[list[str], list[dict[str, str]]]:
+    """(image paths, turns) of a ``Conversation`` or of a ShareGPT mapping
+    (``{"image": path or [paths], "conversations": [...]}``)."""
+    if isinstance(item, Mapping):
+        images, turns = item.get("image") or [], item["conversations"]
+    else:
+        images, turns = item.image, item.conversations
+    if isinstance(images, str | Path):
+        images = [images]
+    return [str(p) for p in images], list(turns)
 
 
 class ConversationError(ValueError):

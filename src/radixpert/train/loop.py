@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 from radixpert.evaluate.io import default_file_mode
+from radixpert.instruct.conversation import images_and_turns
 from radixpert.models.connectors import IGNORE_INDEX
 from radixpert.models.trainability import (
     LLAVA_COMPONENTS,
@@ -103,17 +104,6 @@ def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
         raise
 
 
-def _record(item: Any) -> tuple[list[str], Any]:
-    """(image paths, turns) of a ``Conversation`` or a ShareGPT mapping."""
-    if isinstance(item, Mapping):
-        images, turns = item.get("image") or [], item["conversations"]
-    else:
-        images, turns = item.image, item.conversations
-    if isinstance(images, str | Path):
-        images = [images]
-    return [str(p) for p in images], turns
-
-
 def example_length(processor: Any, item: Any) -> int:
     """Token length of one example as the processor encodes it (images expanded).
 
@@ -121,7 +111,7 @@ def example_length(processor: Any, item: Any) -> int:
         processor: A ``RadProcessor``.
         item: A ``Conversation`` or a mapping with ``conversations`` (and ``image``).
     """
-    images, turns = _record(item)
+    images, turns = images_and_turns(item)
     ids, _ = processor.encode_conversation(turns)
     text = " ".join(t["value"] for t in turns)
     missing = max(0, len(images) - text.count(processor.config.image_token))
@@ -317,7 +307,7 @@ def _gate_weights(model: Any) -> list[float] | None:
 
 def _answer_tokens(processor: Any, item: Any) -> int:
     """Tokens of one example that count in the loss (its answer tokens)."""
-    _, turns = _record(item)
+    _, turns = images_and_turns(item)
     _, labels = processor.encode_conversation(turns)
     return sum(1 for t in labels if t != IGNORE_INDEX)
 
@@ -507,7 +497,7 @@ def train_stage(
     def make_batch(items: Sequence[Any], side: str | None = None) -> dict[str, torch.Tensor]:
         images, turns = [], []
         for item in items:
-            paths, conv = _record(item)
+            paths, conv = images_and_turns(item)
             images.append([root / p for p in paths])
             turns.append(conv)
         use_images = any(images)
@@ -532,8 +522,8 @@ def train_stage(
         from radixpert.train.contrastive import contrastive_batch
         from radixpert.train.contrastive import contrastive_loss as clip_loss
 
-        images = [root / _record(c)[0][0] for c in items]
-        reports = [_record(c)[1][-1]["value"] for c in items]
+        images = [root / images_and_turns(c)[0][0] for c in items]
+        reports = [images_and_turns(c)[1][-1]["value"] for c in items]
         batch = contrastive_batch(processor, images, reports)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         loss = clip_loss(model, contrastive, batch)
