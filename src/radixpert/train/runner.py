@@ -40,6 +40,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,11 @@ def _texts(conversations: Sequence[Any]) -> list[str]:
     return [t["value"].replace(IMAGE_TOKEN, " ") for c in conversations for t in c.conversations]
 
 
+def _corpus(stages: Sequence[Stage], seed: int) -> list[str]:
+    """The text of every stage (boxes, labels, reports): what a new tokenizer must know."""
+    return [t for stage in stages for t in _texts(stage_conversations(stage, seed=seed))]
+
+
 def _sized_model(spec: ModelSpec) -> Any:
     """A random-init model of a named size or tiny family, with the recipe's connector."""
     from radixpert.models import info, sizes
@@ -186,13 +192,13 @@ def _load_pretrained(spec: ModelSpec) -> Any:
     return LlavaOnevisionForConditionalGeneration.from_pretrained(source)
 
 
-def build_model(spec: ModelSpec, out: Path, texts: Sequence[str]) -> tuple[Any, Any]:
+def build_model(spec: ModelSpec, out: Path, texts: Callable[[], Sequence[str]]) -> tuple[Any, Any]:
     """The recipe's starting model and its processor.
 
     Args:
         spec: The recipe's model.
         out: The run folder (a trained tokenizer is saved in ``out/tokenizer``).
-        texts: The training text, used only if a tokenizer must be trained.
+        texts: Returns the training text; called only if a tokenizer must be trained.
 
     Returns:
         ``(model, processor)``.
@@ -222,7 +228,7 @@ def build_model(spec: ModelSpec, out: Path, texts: Sequence[str]) -> tuple[Any, 
     else:
         from radixpert.models.tokenizers import train_tokenizers
 
-        tokenizer, decoder = train_tokenizers(model, texts)
+        tokenizer, decoder = train_tokenizers(model, list(texts()))
         tokenizer.save_pretrained(out / TOKENIZER_DIR)
         if decoder is not None:
             decoder.save_pretrained(out / DECODER_TOKENIZER_DIR)
@@ -235,8 +241,8 @@ def _processor_options(spec: ModelSpec) -> dict[str, Any]:
     return {} if spec.system_prompt is None else {"system": spec.system_prompt}
 
 
-def _apply_stage(model: Any, stage: Stage, previous: Stage | None) -> Any:
-    """Sets what trains in ``stage``, moving on from ``previous`` (see the module doc)."""
+def _apply_stage(model: Any, stage: Stage) -> Any:
+    """Sets what trains in ``stage``, moving on from the model's adapter (see the module doc)."""
     from radixpert.models.trainability import apply_trainability, next_stage
 
     specs = stage.component_specs()
@@ -363,17 +369,11 @@ def run_recipe(
                 model, processor = load_bundle(last_bundle)
                 model.train()
             else:
-                # The tokenizer must know the text of every stage (boxes, labels), not only
-                # this one's.
-                corpus = [
-                    t
-                    for later in recipe.stages[index:]
-                    for t in _texts(stage_conversations(later, seed=recipe.seed))
-                ]
                 with state.main_process_first():
-                    model, processor = build_model(recipe.model, out, corpus)
-        previous = recipe.stages[index - 1] if index else None
-        model = _apply_stage(model, stage, previous)
+                    model, processor = build_model(
+                        recipe.model, out, partial(_corpus, recipe.stages[index:], recipe.seed)
+                    )
+        model = _apply_stage(model, stage)
         logger.info("stage %d/%d: %s", index + 1, len(recipe.stages), stage.name)
         metric_fn = None
         if stage.eval_metric is not None:
@@ -413,7 +413,6 @@ def run_recipe(
             validation_examples=len(val),
             seconds=time.perf_counter() - tick,
             bundle=str(bundle),
-            losses=result["losses"],
         )
         if state.is_main_process:
             _write_json(done, result)
