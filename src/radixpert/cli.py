@@ -510,10 +510,15 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from radixpert.demo.pipeline import run_demo
+    from radixpert.train.recipe import RecipeError
 
-    summary = run_demo(
-        args.out, phantoms=args.phantoms, overrides=args.overrides, control=not args.no_control
-    )
+    try:
+        summary = run_demo(
+            args.out, phantoms=args.phantoms, overrides=args.overrides, control=not args.no_control
+        )
+    except (RecipeError, ValueError) as e:
+        print(f"radixpert demo: error: {e}", file=sys.stderr)
+        return 2
     rows = ("findings_f1", "grounding_map50", "laterality_acc", "bleu-4", "rouge-l", "cider-d")
     print(f"{'metric':<18}{'model':>10}{'control':>10}")
     for key in rows:

@@ -53,3 +53,6 @@ def test_demo_runs_every_step_and_resumes(tmp_path: Path) -> None:
     assert main(["demo", "--out", str(out), "--phantoms", "40", *QUICK]) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert json.loads((out / "summary.json").read_text())["model"] == summary["model"]
+
+    # Other settings in the same folder are refused, not mixed with the stale steps.
+    assert main(["demo", "--out", str(out), "--phantoms", "50", *QUICK]) == 2

@@ -25,6 +25,7 @@ training run resumes from its checkpoint):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -299,6 +300,15 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = recipe_path(recipe or "demo")
+    _check_settings(
+        out,
+        {
+            "phantoms": phantoms,
+            "image_size": IMAGE_SIZE,
+            "recipe_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "overrides": list(overrides),
+        },
+    )
     start = time.perf_counter()
     studies = _phantoms(out, phantoms)
     _instruct(out, studies)
@@ -364,6 +374,22 @@ def run_demo(
     )
     _say(f"done: {out / 'index.html'} and {out / 'summary.json'}")
     return summary
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuses to resume a demo folder made with other settings (its steps would be stale)."""
+    path = out / "demo.json"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise ValueError(
+                f"{out} holds a demo made with other settings ({', '.join(changed)}: "
+                f"{[before.get(k) for k in changed]} -> {[settings[k] for k in changed]}); "
+                "use another --out or remove the folder"
+            )
+        return
+    _write_json(path, settings)
 
 
 def _table(scores: dict[str, float]) -> dict[str, float]:
