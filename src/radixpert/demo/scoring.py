@@ -8,7 +8,7 @@ reference model:
   finding counts as predicted when its label is 1. Micro F1 over the six phantom findings
   against the phantom's drawn findings; per-finding F1 beside it.
 * ``grounding_map50``: the answers to "Where is the <finding> in this image?" (the
-  ``grounding-abnormality`` task, asked for every drawn finding but devices) are parsed for
+  ``grounding-abnormality`` task, asked for every drawn finding, devices included) are parsed for
   ``[x1, y1, x2, y2]`` boxes; per finding, the boxes of all studies are ranked by their order
   in the answer (the model gives no confidence; the first box of an answer ranks first, ties
   broken by study), matched greedily to the true boxes of the same study at IoU >= 0.5, and
