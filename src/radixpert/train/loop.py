@@ -111,11 +111,17 @@ def example_length(processor: Any, item: Any) -> int:
         processor: A ``RadProcessor``.
         item: A ``Conversation`` or a mapping with ``conversations`` (and ``image``).
     """
+    return _measure(processor, item)[0]
+
+
+def _measure(processor: Any, item: Any) -> tuple[int, int]:
+    """(token length with the images expanded, answer tokens) of one example, one encoding."""
     images, turns = images_and_turns(item)
-    ids, _ = processor.encode_conversation(turns)
+    ids, labels = processor.encode_conversation(turns)
     text = " ".join(t["value"] for t in turns)
     missing = max(0, len(images) - text.count(processor.config.image_token))
-    return len(ids) + missing * processor.config.image_seq_length
+    answer = sum(1 for t in labels if t != IGNORE_INDEX)
+    return len(ids) + missing * processor.config.image_seq_length, answer
 
 
 def length_grouped_batches(
@@ -305,13 +311,6 @@ def _gate_weights(model: Any) -> list[float] | None:
     return [float(v) for v in gate.float().mean(dim=0)]
 
 
-def _answer_tokens(processor: Any, item: Any) -> int:
-    """Tokens of one example that count in the loss (its answer tokens)."""
-    _, turns = images_and_turns(item)
-    _, labels = processor.encode_conversation(turns)
-    return sum(1 for t in labels if t != IGNORE_INDEX)
-
-
 def _loss_tokens(batch: Mapping[str, torch.Tensor], causal: bool) -> int:
     """Label tokens the model's mean loss of ``batch`` averages over."""
     labels = batch["labels"]
@@ -448,11 +447,12 @@ def train_stage(
         )
     main = accelerator.is_main_process
 
-    lengths = [example_length(processor, c) for c in conversations]
+    measured = [_measure(processor, c) for c in conversations]
+    lengths = [length for length, _ in measured]
     # Length groups would fill a contrastive batch with look-alike reports (false negatives):
     # a contrastive stage batches at random.
     plan_lengths = [0] * len(lengths) if contrastive is not None else lengths
-    answer = [_answer_tokens(processor, c) for c in conversations] if causal else None
+    answer = [tokens for _, tokens in measured] if causal else None
     global_batch = stage.batch_size * world
     n_batches = math.ceil(len(conversations) / global_batch)
     steps_total = total_steps(stage, n_batches, max_steps)
@@ -494,7 +494,7 @@ def train_stage(
     resumed_from = step
     stopped = bool(found and found[1].get("stopped_early"))
 
-    def make_batch(items: Sequence[Any], side: str | None = None) -> dict[str, torch.Tensor]:
+    def make_batch(items: Sequence[Any]) -> dict[str, torch.Tensor]:
         images, turns = [], []
         for item in items:
             paths, conv = images_and_turns(item)
