@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+
+def name(record: dict) -> str:
+    """The image file a study record points at."""
+    return Path(record["images"][0]["path"]).name
+
+
 QUICK = [
     "stages.see.max_steps=2",
     "stages.foundation.max_steps=3",
@@ -40,10 +46,16 @@ def test_demo_runs_every_step_and_resumes(tmp_path: Path) -> None:
         assert len(predictions["reports"]) == summary["test_studies"]
     control = (out / "control" / "data" / "phantoms" / "studies.jsonl").read_text().splitlines()
     original = (out / "data" / "phantoms" / "studies.jsonl").read_text().splitlines()
-    moved = sum(
-        json.loads(a)["images"] != json.loads(b)["images"] for a, b in zip(control, original)
-    )
-    assert moved == len(original)  # every path rewritten; the train images also permuted
+    # The control's training studies have each other's images (the same files, permuted);
+    # its held-out studies keep their own, so both models are scored on the same pairs.
+    pairs = [(json.loads(a), json.loads(b)) for a, b in zip(control, original)]
+    train = [(name(c), name(o)) for c, o in pairs if o["split"] == "train"]
+    held_out = [(name(c), name(o)) for c, o in pairs if o["split"] != "train"]
+    assert sorted(c for c, _ in train) == sorted(o for _, o in train)
+    assert sum(c != o for c, o in train) > len(train) // 2
+    assert all(c == o for c, o in held_out)
+    for record, _ in pairs:  # every rewritten path still points at the real image
+        assert (out / "control" / "data" / "phantoms" / record["images"][0]["path"]).is_file()
 
     # A second run trains and generates nothing again.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
