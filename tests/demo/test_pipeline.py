@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 
-def name(record: dict) -> str:
+def image_name(record: dict) -> str:
     """The image file a study record points at."""
     return Path(record["images"][0]["path"]).name
 
@@ -49,8 +49,8 @@ def test_demo_runs_every_step_and_resumes(tmp_path: Path) -> None:
     # The control's training studies have each other's images (the same files, permuted);
     # its held-out studies keep their own, so both models are scored on the same pairs.
     pairs = [(json.loads(a), json.loads(b)) for a, b in zip(control, original)]
-    train = [(name(c), name(o)) for c, o in pairs if o["split"] == "train"]
-    held_out = [(name(c), name(o)) for c, o in pairs if o["split"] != "train"]
+    train = [(image_name(c), image_name(o)) for c, o in pairs if o["split"] == "train"]
+    held_out = [(image_name(c), image_name(o)) for c, o in pairs if o["split"] != "train"]
     assert sorted(c for c, _ in train) == sorted(o for _, o in train)
     assert sum(c != o for c, o in train) > len(train) // 2
     assert all(c == o for c, o in held_out)
