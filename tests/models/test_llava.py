@@ -101,22 +101,27 @@ def test_hcf_forward_backward_reaches_the_connector() -> None:
     gates = model.last_gate_weights
     assert gates.shape == (2, 3) and not gates.requires_grad
     assert torch.allclose(gates.sum(dim=1), torch.ones(2))
-    assert out.image_hidden_states.shape == (2 * IMAGE_TOKENS, 32)
+    assert torch.cat(list(out.image_outputs.pooler_output)).shape == (2 * IMAGE_TOKENS, 32)
+
+
+def _fused(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The HCF connector's output h* for ``batch``, (image tokens of all images, text hidden)."""
+    return torch.cat(list(model(**batch).image_outputs.pooler_output))
 
 
 def test_hcf_reads_the_prompt_but_not_the_answer() -> None:
     model = _model("hcf").eval()
     batch = _batch()
     with torch.no_grad():
-        base = model(**batch).image_hidden_states
+        base = _fused(model, batch)
         other_answer = dict(batch, input_ids=batch["input_ids"].clone())
         other_answer["input_ids"][0, PROMPT_END:] = 5
         other_answer["labels"] = batch["labels"].clone()
         other_answer["labels"][0, PROMPT_END:] = 5
         other_prompt = dict(batch, input_ids=batch["input_ids"].clone())
         other_prompt["input_ids"][0, PROMPT_END - 1] = 7
-        assert torch.equal(model(**other_answer).image_hidden_states, base)
-        changed = model(**other_prompt).image_hidden_states
+        assert torch.equal(_fused(model, other_answer), base)
+        changed = _fused(model, other_prompt)
     first, second = changed[:IMAGE_TOKENS], changed[IMAGE_TOKENS:]
     assert not torch.allclose(first, base[:IMAGE_TOKENS])
     assert torch.equal(second, base[IMAGE_TOKENS:])

@@ -370,10 +370,10 @@ class RadScribe(nn.Module):
                 encoder_outputs=encoder_outputs,
                 attention_mask=mask,
                 decoder_input_ids=step_input,
-                past_key_values=cache,
+                cache=cache,  # `past_key_values` before transformers 5.24
                 use_cache=True,
             )
-            cache = out.past_key_values
+            cache = out.cache
             step_input = out.logits[:, -1].argmax(dim=-1, keepdim=True)
             if pad is not None:
                 step_input = step_input.masked_fill(finished.unsqueeze(1), int(pad))
