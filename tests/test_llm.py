@@ -15,9 +15,11 @@ import pytest
 from radixpert.cli import main
 from radixpert.data.llm_passes import llm_prior_sentences
 from radixpert.data.prepare import PriorRemover
-from radixpert.data.study import OBSERVATIONS, Box, Image, Study, read_studies, write_studies
+from radixpert.data.study import Box, Image, Study, read_studies, write_studies
+from radixpert.errors import LLMError
 from radixpert.instruct.conversation import read_conversations
-from radixpert.llm import ChatClient, LLMError, is_loopback
+from radixpert.llm import ChatClient, is_loopback
+from radixpert.vocab import OBSERVATIONS
 
 
 @pytest.fixture
@@ -113,7 +115,6 @@ def test_llm_conversations_through_the_cli(server, tmp_path, capsys):
     args = [
         "data",
         "instruct",
-        "--studies",
         str(src),
         "--out",
         str(out),

@@ -13,8 +13,8 @@ def test_missing_weights_message_names_files_folder_and_command(_radixpert_home)
     reason = weights.status("chexbert")
     assert "chexbert.pth" in reason
     assert str(_radixpert_home / "models" / "chexbert") in reason
-    assert "radixpert models pull chexbert" in reason
-    with pytest.raises(weights.WeightsMissing, match="radixpert models pull chexbert"):
+    assert "radixpert weights pull chexbert" in reason
+    with pytest.raises(weights.WeightsMissing, match="radixpert weights pull chexbert"):
         weights.resolve("chexbert")
 
 
@@ -38,8 +38,8 @@ def test_pull_is_refused_offline(monkeypatch):
         weights.pull("no-such-model")
 
 
-def test_models_list_cli(capsys):
-    assert main(["models", "list"]) == 0
+def test_weights_list_cli(capsys):
+    assert main(["weights", "list"]) == 0
     out = capsys.readouterr().out
     assert "chexbert" in out and "absent" in out and "StanfordAIMI/RRG_scorers" in out
 

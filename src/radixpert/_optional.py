@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
+from radixpert.errors import MissingDependency
+
 # import name -> (pip requirement, the extra that carries it)
 PACKAGES: dict[str, tuple[str, str]] = {
     "torch": ("torch==2.13.0", "metrics"),
@@ -31,10 +33,6 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "PIL": ("pillow", "data"),
     "google.protobuf": ("protobuf", "metrics"),
 }
-
-
-class MissingDependency(ImportError):
-    """An optional package (or program) needed by the code at hand is not installed."""
 
 
 def missing(*modules: str) -> list[str]:

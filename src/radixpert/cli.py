@@ -1,9 +1,20 @@
 """The `radixpert` console script: one subcommand per stage.
 
-    radixpert evaluate --references refs.json --candidates preds.json --out results.json
-    radixpert evaluate --list
-    radixpert label reports.csv --out labels.csv
-    radixpert models list | pull NAME
+    radixpert data prepare mimic-cxr --root DIR -o studies.jsonl views=PA,AP
+    radixpert data instruct studies.jsonl -o conversations.jsonl
+    radixpert train msa_lora --data-root DIR -o runs/msa stages.stage1.batch_size=8
+    radixpert evaluate -r refs.json -c preds.json -o results.json
+    radixpert label reports.csv -o labels.csv
+    radixpert weights list | pull NAME        # metric model weights
+    radixpert model list | info NAME          # model sizes and their parameter tables
+    radixpert config list | path NAME         # shipped recipes and accelerate configs
+
+The same flag means the same thing everywhere: what a command reads is positional (a dataset,
+a studies file, a recipe, a reports file); evaluation's two inputs with roles are `-r` and `-c`;
+what a command writes is `-o/--out`; settings are `key=value` after the positional argument
+(reader options, recipe overrides). An error in what the user gave is one line naming the file,
+the field or the option (exit status 2); anything else is a bug in radixpert, said in one line
+(exit status 70), with the traceback under `--verbose`.
 
 Subcommands import their stage lazily, so `radixpert --help` loads no torch and no model.
 """
@@ -13,10 +24,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from radixpert.errors import RadixpertError, UsageError
 from radixpert.evaluate.io import SECTIONS  # stdlib only: keeps --help light
+
+EXIT_USAGE = 2  # an error in what the user gave (argparse's own status for bad arguments)
+EXIT_BUG = 70  # EX_SOFTWARE: an internal error
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -112,11 +128,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.list:
         return _list_metrics()
     if not args.references or not args.candidates:
-        print(
-            "radixpert evaluate: --references and --candidates are required (or --list)",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError("--references and --candidates are required (or --list)")
     from radixpert.evaluate import registry
     from radixpert.evaluate.runner import (
         EvaluationOptions,
@@ -184,24 +196,26 @@ def _run_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_parser(sub: argparse._SubParsersAction) -> None:
+def _weights_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "models",
-        help="list or fetch the model weights metrics need",
-        description="Weights live in $RADIXPERT_HOME/models/<name>.",
+        "weights",
+        help="list or fetch the model weights that metrics need (CheXbert, RadGraph, ...)",
+        description="Weights of the model-based metrics live in $RADIXPERT_HOME/models/<name>; "
+        "`pull` fetches them on a connected machine, copy that folder to offline ones. "
+        "(Model sizes to train are `radixpert model list`.)",
     )
-    msub = p.add_subparsers(dest="models_cmd", required=True)
-    msub.add_parser("list", help="known weights and whether they are present")
-    pull = msub.add_parser("pull", help="download weights (needs the network)")
-    pull.add_argument("names", nargs="+", help="model names (see `radixpert models list`)")
+    wsub = p.add_subparsers(dest="weights_cmd", required=True)
+    wsub.add_parser("list", help="known weights and whether they are present")
+    pull = wsub.add_parser("pull", help="download weights (needs the network)")
+    pull.add_argument("names", nargs="+", help="weight names (see `radixpert weights list`)")
     pull.add_argument("--force", action="store_true", help="download again")
-    p.set_defaults(func=_run_models)
+    p.set_defaults(func=_run_weights)
 
 
-def _run_models(args: argparse.Namespace) -> int:
+def _run_weights(args: argparse.Namespace) -> int:
     from radixpert import weights
 
-    if args.models_cmd == "list":
+    if args.weights_cmd == "list":
         for name, spec in weights.REGISTRY.items():
             reason = weights.status(name)
             state = "present" if reason is None else "absent"
@@ -221,17 +235,18 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
         description="Datasets as their publishers ship them -> Study records (JSONL/Parquet).",
     )
     dsub = p.add_subparsers(dest="data_cmd", required=True)
-    prep = dsub.add_parser("prepare", help="read one dataset into Study records")
-    prep.add_argument("dataset", help="dataset name (mimic-cxr, iu-xray, chexpert)")
+    prep = dsub.add_parser(
+        "prepare",
+        help="read one dataset into Study records",
+        description="Read a dataset, as its publisher ships it, into Study records.",
+        formatter_class=_ReadersEpilog,
+    )
+    prep.add_argument("dataset", help="dataset name (listed below)")
+    prep.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="reader options, e.g. views=PA,AP"
+    )
     prep.add_argument("--root", required=True, help="the dataset's folder, as downloaded")
     prep.add_argument("--out", "-o", required=True, help="output .jsonl or .parquet")
-    prep.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="reader option, e.g. --option layout=openi (repeatable)",
-    )
     prep.add_argument(
         "--remove-priors",
         choices=["rules", "llm"],
@@ -241,7 +256,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     _add_llm_flags(prep)
     prep.set_defaults(func=_run_data)
     ins = dsub.add_parser("instruct", help="Study records -> instruction conversations")
-    ins.add_argument("--studies", required=True, help="Study records (.jsonl or .parquet)")
+    ins.add_argument("studies", help="Study records (.jsonl or .parquet)")
     ins.add_argument("--out", "-o", required=True, help="conversations (.jsonl)")
     ins.add_argument(
         "--tasks",
@@ -296,17 +311,9 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "prepare":
-        from radixpert.data.prepare import prepare
+        from radixpert.data.prepare import parse_options, prepare
 
-        options = {}
-        for item in args.option:
-            key, sep, value = item.partition("=")
-            if not sep:
-                print(
-                    f"radixpert data prepare: --option {item!r} is not KEY=VALUE", file=sys.stderr
-                )
-                return 2
-            options[key.strip().replace("-", "_")] = value
+        options = parse_options(args.dataset, args.overrides)
         transform = None
         if args.remove_priors:
             from radixpert.data.prepare import PriorRemover
@@ -396,7 +403,7 @@ def _llm_client(args: argparse.Namespace, needed_by: str) -> object:
     from radixpert.llm import ChatClient
 
     if not args.llm_url or not args.llm_model:
-        raise KeyError(f"{needed_by} needs --llm-url and --llm-model (a local endpoint)")
+        raise UsageError(f"{needed_by} needs --llm-url and --llm-model (a local endpoint)")
     return ChatClient(args.llm_url, args.llm_model, args.llm_api_key_env, args.llm_allow_remote)
 
 
@@ -407,27 +414,77 @@ def _pairs(items: list[str], flag: str) -> dict[str, float]:
         try:
             out[key] = float(value) if sep else 1.0
         except ValueError:
-            raise KeyError(f"{flag} {item!r}: expected NAME=NUMBER") from None
+            raise UsageError(f"{flag} {item!r}: expected NAME=NUMBER") from None
     return out
 
 
 def _model_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "model",
-        help="model sizes and their parameter tables",
-        description="Components and ablation table of a named model size.",
+        help="model sizes to train and their parameter tables",
+        description="The named model sizes (published checkpoints' shapes and tiny ones) and "
+        "their component and ablation tables. (Metric weights are `radixpert weights`.)",
     )
     msub = p.add_subparsers(dest="model_cmd", required=True)
-    info = msub.add_parser("info", help="component and ablation tables of a named size")
-    info.add_argument("name", help="a named size, e.g. llama32_vision_11b")
+    msub.add_parser("list", help="every size name, its family and what it is")
+    info = msub.add_parser("info", help="component and ablation tables of a size or config")
+    info.add_argument("name", help="a size (see `radixpert model list`) or a config.json / folder")
     info.add_argument("--lora-rank", type=int, default=64)
     p.set_defaults(func=_run_model)
 
 
 def _run_model(args: argparse.Namespace) -> int:
+    if args.model_cmd == "list":
+        from radixpert.vocab import SIZES
+
+        print(f"{'size':<22} {'family':<16} what")
+        for name, size in SIZES.items():
+            what = (
+                "published checkpoint's config (meta device, no weights)"
+                if size.published
+                else "tiny, random weights"
+                + "".join(f", {k} {v}" for k, v in sorted(size.options.items()))
+            )
+            print(f"{name:<22} {size.family:<16} {what}")
+        return 0
     from radixpert.models.info import model_info
 
     print(model_info(args.name, args.lora_rank))
+    return 0
+
+
+def _config_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "config",
+        help="the shipped training recipes and accelerate configs",
+        description="Configs shipped inside the package: training recipes (`radixpert train "
+        "NAME` takes them by name) and accelerate configs (`accelerate launch --config_file "
+        '"$(radixpert config path accelerate/ddp)" -m radixpert train ...`).',
+    )
+    csub = p.add_subparsers(dest="config_cmd", required=True)
+    csub.add_parser("list", help="every shipped config, as KIND/NAME, and its path")
+    path = csub.add_parser("path", help="the file of one shipped config")
+    path.add_argument("name", help="KIND/NAME, e.g. accelerate/ddp or recipes/msa_lora")
+    p.set_defaults(func=_run_config)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from radixpert.errors import UnknownName
+    from radixpert.paths import CONFIG_KINDS, configs_dir
+
+    shipped = {
+        f"{kind}/{f.stem}": f
+        for kind in CONFIG_KINDS
+        for f in sorted(configs_dir(kind).glob("*.yaml"))
+    }
+    if args.config_cmd == "list":
+        for name, f in shipped.items():
+            print(f"{name:<24} {f}")
+        return 0
+    name = args.name.removesuffix(".yaml")
+    if name not in shipped:
+        raise UnknownName(f"no shipped config {args.name!r}; shipped: {', '.join(shipped)}")
+    print(shipped[name])
     return 0
 
 
@@ -435,17 +492,17 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a model with a staged recipe",
-        description="Runs a recipe's stages in order (configs/recipes/*.yaml, or a shipped "
-        "recipe by name). A killed run resumes: finished stages are skipped, the unfinished one "
-        "continues from its newest checkpoint. Scale out with `accelerate launch "
-        "--config_file configs/accelerate/<config>.yaml -m radixpert train ...`.",
+        description="Runs a recipe's stages in order (a YAML file, or a shipped recipe by name: "
+        "`radixpert config list`). A killed run resumes: finished stages are skipped, the "
+        "unfinished one continues from its newest checkpoint. Scale out with `accelerate launch "
+        '--config_file "$(radixpert config path accelerate/ddp)" -m radixpert train ...`.',
     )
     p.add_argument("recipe", help="recipe file, or a shipped name: msa_lora, llava_rad, ...")
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. stages.stage1.optimizer.lr=1e-4"
     )
     p.add_argument("--data-root", help="what ${data} in the recipe stands for")
-    p.add_argument("--out", help="run folder (default: $RADIXPERT_HOME/<recipe output_dir>)")
+    p.add_argument("--out", "-o", help="run folder (default: $RADIXPERT_HOME/<recipe output_dir>)")
     p.add_argument("--stages", help="comma-separated stage names to run (earlier ones done)")
     p.add_argument("--no-resume", action="store_true", help="start every stage afresh")
     p.add_argument(
@@ -458,8 +515,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from radixpert.errors import RecipeError
     from radixpert.paths import home
-    from radixpert.train.recipe import RecipeError, describe, load_recipe, recipe_path
+    from radixpert.train.recipe import describe, load_recipe, recipe_path
 
     try:
         recipe = load_recipe(recipe_path(args.recipe), args.overrides, data_root=args.data_root)
@@ -501,7 +559,7 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
         "control) -> reports and boxes on held-out phantoms -> metrics -> OUT/index.html and "
         "OUT/summary.json. Re-running skips finished steps.",
     )
-    p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    p.add_argument("--out", "-o", default="runs/demo", help="demo folder (default runs/demo)")
     p.add_argument("--phantoms", type=int, default=DEFAULT_PHANTOMS, help="phantoms to draw")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-image control")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="demo recipe overrides")
@@ -510,7 +568,7 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from radixpert.demo.pipeline import run_demo
-    from radixpert.train.recipe import RecipeError
+    from radixpert.errors import RecipeError
 
     try:
         summary = run_demo(
@@ -543,52 +601,68 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"radixpert {__version__}")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    _evaluate_parser(sub)
-    _label_parser(sub)
-    _models_parser(sub)
     _data_parser(sub)
-    _model_parser(sub)
     _train_parser(sub)
     _demo_parser(sub)
+    _evaluate_parser(sub)
+    _label_parser(sub)
+    _model_parser(sub)
+    _weights_parser(sub)
+    _config_parser(sub)
     return parser
+
+
+def _is_pair(arg: str) -> bool:
+    key, sep, _ = arg.partition("=")
+    return bool(sep and key) and not arg.startswith("-")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # key=value overrides of `train` and `demo` may also come after the options.
-    if extra and hasattr(args, "overrides") and all("=" in e and e[0] != "-" for e in extra):
+    # key=value settings may also come after the options.
+    if extra and hasattr(args, "overrides") and all(_is_pair(e) for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    bad = [o for o in getattr(args, "overrides", []) if not _is_pair(o)]
+    if bad:
+        parser.error(f"expected key=value settings, got: {' '.join(bad)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from radixpert.data.readers import ReaderError
-    from radixpert.data.splits import SplitError
-    from radixpert.data.study import StudyError
-    from radixpert.evaluate.base import MetricUnavailable
-    from radixpert.evaluate.io import InputError
-    from radixpert.instruct.conversation import ConversationError
-    from radixpert.llm import LLMError
-
     try:
         return args.func(args)
-    except (
-        InputError,
-        MetricUnavailable,
-        StudyError,
-        ConversationError,
-        LLMError,
-        ReaderError,
-        SplitError,
-        FileNotFoundError,
-        KeyError,
-    ) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"radixpert {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    except (RadixpertError, OSError) as e:  # what the user gave: a file, a record, a name
+        if args.verbose:
+            raise
+        print(f"radixpert {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"radixpert {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.verbose:
+            raise
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        print(
+            f"radixpert {args.command}: internal error (a bug in radixpert): "
+            f"{type(e).__name__}: {e} [{Path(frame.filename).name}:{frame.lineno}]; "
+            f"`radixpert --verbose {args.command} ...` shows the traceback; please report it",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+class _ReadersEpilog(argparse.RawDescriptionHelpFormatter):
+    """`data prepare --help` ends with every reader and its options, read from the readers
+    themselves (imported only when the help is shown)."""
+
+    def format_help(self) -> str:
+        from radixpert.data.prepare import describe_readers
+
+        return super().format_help() + "\n" + describe_readers() + "\n"
 
 
 if __name__ == "__main__":

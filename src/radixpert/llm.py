@@ -21,11 +21,9 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlparse
 
+from radixpert.errors import LLMError
+
 log = logging.getLogger(__name__)
-
-
-class LLMError(RuntimeError):
-    """The endpoint refused, failed, or answered in an unexpected shape."""
 
 
 def is_loopback(host: str) -> bool:

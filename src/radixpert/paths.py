@@ -1,13 +1,18 @@
-"""The one artifact root: caches, model weights and metric caches live under RADIXPERT_HOME.
+"""Where things are: the artifact root (RADIXPERT_HOME) and the configs shipped in the package.
 
-`RADIXPERT_HOME` defaults to `~/.cache/radixpert`. Nothing else in the package builds
-paths to user data on its own.
+`RADIXPERT_HOME` defaults to `~/.cache/radixpert`; caches, model weights and metric caches live
+under it. Nothing else in the package builds paths to user data on its own. The shipped
+training recipes and accelerate configs are package data (`radixpert/configs/`), found with
+`importlib.resources`, so they are there in a wheel install as in a source checkout.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
+
+CONFIG_KINDS = ("recipes", "accelerate")
 
 
 def home() -> Path:
@@ -17,7 +22,7 @@ def home() -> Path:
 
 
 def models_dir() -> Path:
-    """Where `radixpert models pull` puts weights: one folder per model name."""
+    """Where `radixpert weights pull` puts weights: one folder per model name."""
     return home() / "models"
 
 
@@ -32,3 +37,15 @@ def offline() -> bool:
         os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"}
         for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
+
+
+def configs_dir(kind: str) -> Path:
+    """The folder of shipped configs of one kind: ``"recipes"`` or ``"accelerate"``.
+
+    Raises:
+        ValueError: ``kind`` is not one of ``CONFIG_KINDS``.
+    """
+    if kind not in CONFIG_KINDS:
+        raise ValueError(f"unknown config kind {kind!r}; known: {', '.join(CONFIG_KINDS)}")
+    # pip installs wheels unpacked, so the package's files are real paths on disk.
+    return Path(str(resources.files("radixpert") / "configs" / kind))

@@ -1,6 +1,6 @@
 """Model weights the metrics (and later the models) need: where they come from, where they live.
 
-Every model has one folder, `$RADIXPERT_HOME/models/<name>/`. `radixpert models pull NAME`
+Every model has one folder, `$RADIXPERT_HOME/models/<name>/`. `radixpert weights pull NAME`
 fills it from its Hugging Face repository on a connected machine; everything else only
 reads it, so offline machines work from a copied folder. A metric whose weights are absent
 raises `WeightsMissing`, naming the files, the folder and the command that fetches them.
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from radixpert.evaluate.base import MetricUnavailable
+from radixpert.errors import MetricUnavailable, UnknownName
 from radixpert.paths import models_dir, offline
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def status(name: str, folder: Path | None = None) -> str | None:
     return (
         f"weights '{name}' ({REGISTRY[name].repo_id}) missing in {folder}: "
         f"{', '.join(absent)}; fetch them on a connected machine with "
-        f"`radixpert models pull {name}` (RADIXPERT_HOME={models_dir().parent}) "
+        f"`radixpert weights pull {name}` (RADIXPERT_HOME={models_dir().parent}) "
         f"or point RADIXPERT_WEIGHTS_{name.upper().replace('-', '_')} at a copy"
     )
 
@@ -149,7 +149,7 @@ def resolve(name: str, folder: str | Path | None = None) -> Path:
 def pull(name: str, force: bool = False) -> Path:
     """Download model `name` into its folder (needs the network; refused in offline mode)."""
     if name not in REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
+        raise UnknownName(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     spec = REGISTRY[name]
     dest = local_dir(name)
     if not force and status(name, dest) is None:
@@ -162,7 +162,7 @@ def pull(name: str, force: bool = False) -> Path:
         )
     from radixpert._optional import require
 
-    require("huggingface_hub", purpose="radixpert models pull")
+    require("huggingface_hub", purpose="radixpert weights pull")
     from huggingface_hub import snapshot_download
 
     patterns = list(spec.allow_patterns or [f.split("|")[0] for f in spec.files])

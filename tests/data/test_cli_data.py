@@ -15,8 +15,8 @@ from tests.data.fixtures import build_chexpert, build_iu_r2gen, build_mimic, bui
     ("dataset", "build", "options"),
     [
         ("mimic-cxr", build_mimic, []),
-        ("iu-xray", build_iu_r2gen, ["--option", "layout=r2gen"]),
-        ("iu-xray", build_openi, ["--option", "layout=openi"]),
+        ("iu-xray", build_iu_r2gen, ["layout=r2gen"]),
+        ("iu-xray", build_openi, ["layout=openi"]),
         ("chexpert", build_chexpert, []),
     ],
 )
@@ -44,7 +44,6 @@ def test_split_command(tmp_path, capsys):
                 str(root),
                 "--out",
                 str(src),
-                "--option",
                 "layout=openi",
             ]
         )

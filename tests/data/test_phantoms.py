@@ -19,7 +19,8 @@ from radixpert.data.phantoms import (
     generate_phantoms,
     main,
 )
-from radixpert.data.study import OBSERVATIONS, read_studies
+from radixpert.data.study import read_studies
+from radixpert.vocab import OBSERVATIONS
 
 PIL = pytest.importorskip("PIL.Image")
 

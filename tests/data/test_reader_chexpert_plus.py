@@ -11,8 +11,9 @@ import json
 
 import pytest
 
-from radixpert.data.readers import ReaderError, chexpert_plus
-from radixpert.data.study import OBSERVATIONS
+from radixpert.data.readers import chexpert_plus
+from radixpert.errors import ReaderError
+from radixpert.vocab import OBSERVATIONS
 
 COLUMNS = [
     "path_to_image",

@@ -12,7 +12,8 @@ import zipfile
 
 import pytest
 
-from radixpert.data.readers import ReaderError, imagenome
+from radixpert.data.readers import imagenome
+from radixpert.errors import ReaderError
 
 GRAPH = {
     "image_id": "d1", "viewpoint": "PA", "patient_id": 10000032, "study_id": 50414267,

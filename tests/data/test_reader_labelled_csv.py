@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from radixpert.cli import main
-from radixpert.data.readers import ReaderError, labelled_csv
+from radixpert.data.readers import labelled_csv
 from radixpert.data.study import read_studies
+from radixpert.errors import ReaderError
 
 
 def make(root):
@@ -50,9 +51,7 @@ def test_cli_options(tmp_path):
                 str(tmp_path),
                 "--out",
                 str(out),
-                "--option",
                 "path_column=Image",
-                "--option",
                 "map=Effusion:Pleural Effusion",
             ]
         )

@@ -11,7 +11,8 @@ import gzip
 
 import pytest
 
-from radixpert.data.readers import ReaderError, padchest
+from radixpert.data.readers import padchest
+from radixpert.errors import ReaderError
 
 COLUMNS = [
     "",  # the unnamed index column

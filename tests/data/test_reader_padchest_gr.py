@@ -8,7 +8,8 @@ import json
 import pytest
 from PIL import Image as PILImage
 
-from radixpert.data.readers import ReaderError, padchest_gr
+from radixpert.data.readers import padchest_gr
+from radixpert.errors import ReaderError
 
 ENTRY = {
     "ImageID": "2168_02-094.png",

@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("pydicom")
 pytest.importorskip("ensemble_boxes")
 
-from radixpert.data.readers import ReaderError, vindr_cxr
+from radixpert.data.readers import vindr_cxr
+from radixpert.errors import ReaderError
 
 
 def write_dicom(path, rows, cols):

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from radixpert.data import templates
-from radixpert.data.readers import ReaderError, chexpert, iu_xray, mimic_cxr
-from radixpert.data.study import OBSERVATIONS, read_studies, write_studies
+from radixpert.data.readers import chexpert, iu_xray, mimic_cxr
+from radixpert.data.study import read_studies, write_studies
+from radixpert.errors import ReaderError
+from radixpert.vocab import OBSERVATIONS
 from tests.data import fixtures as fx
 
 

@@ -13,8 +13,9 @@ import json
 import pytest
 
 from radixpert.cli import main
-from radixpert.data.readers import ReaderError, ms_cxr, rexrank, roco
+from radixpert.data.readers import ms_cxr, rexrank, roco
 from radixpert.data.study import read_studies
+from radixpert.errors import ReaderError
 
 REXRANK = {
     "CXR2279_IM-0865": {

@@ -11,13 +11,14 @@ from hypothesis import strategies as st
 
 from radixpert.data.splits import (
     SPLITS,
-    SplitError,
     any_positive,
     assign_splits,
     check_no_leakage,
     normalise_split,
 )
-from radixpert.data.study import OBSERVATIONS, Study
+from radixpert.data.study import Study
+from radixpert.errors import SplitError
+from radixpert.vocab import OBSERVATIONS
 
 
 def make_studies(

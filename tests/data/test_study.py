@@ -6,15 +6,9 @@ import json
 
 import pytest
 
-from radixpert.data.study import (
-    OBSERVATIONS,
-    Box,
-    Image,
-    Study,
-    StudyError,
-    read_studies,
-    write_studies,
-)
+from radixpert.data.study import Box, Image, Study, read_studies, write_studies
+from radixpert.errors import StudyError
+from radixpert.vocab import OBSERVATIONS
 
 
 def sample(i: int = 0, labelled: bool = True) -> Study:

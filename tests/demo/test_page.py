@@ -359,7 +359,7 @@ def test_bad_inputs_fail_loudly(samples, tmp_path):
 
 
 def test_page_is_as_readable_as_any_new_file(written):
-    from radixpert.evaluate.io import default_file_mode
+    from radixpert.io import default_file_mode
 
     path, _ = written
     assert path.stat().st_mode & 0o777 == default_file_mode()

@@ -179,7 +179,7 @@ def test_missing_weights_name_files_and_pull_command(tmp_path, fresh_home, monke
     with pytest.raises(weights.WeightsMissing) as err:
         metric.compute(["a"], ["b"])
     msg = str(err.value)
-    assert "radixpert models pull distilroberta-base" in msg
+    assert "radixpert weights pull distilroberta-base" in msg
     assert "model.safetensors|pytorch_model.bin" in msg
     # the default folder is looked up under RADIXPERT_HOME
     assert str(fresh_home / "models" / "distilroberta-base") in bs.BertScore().check()

@@ -222,10 +222,10 @@ def test_f1_passes_labels_to_label_f1(bert_dir, chexbert_dir, fresh_home, monkey
 def test_missing_weights(tmp_path, bert_dir, fresh_home):
     metric = cb.SembScore(chexbert_dir=tmp_path / "none", bert_dir=bert_dir)
     assert "chexbert.pth" in metric.check()
-    with pytest.raises(weights.WeightsMissing, match="radixpert models pull chexbert"):
+    with pytest.raises(weights.WeightsMissing, match="radixpert weights pull chexbert"):
         metric.compute(["a"], ["b"])
     metric = cb.CheXbertF1(chexbert_dir=tmp_path / "none", bert_dir=tmp_path / "none")
-    assert "radixpert models pull bert-base-uncased" in metric.check()
+    assert "radixpert weights pull bert-base-uncased" in metric.check()
     with pytest.raises(ValueError, match="1 references but 2 candidates"):
         cb.SembScore(chexbert_dir=tmp_path, bert_dir=bert_dir).compute(["a"], ["b", "c"])
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from radixpert.evaluate.base import MetricUnavailable
+from radixpert.errors import MetricUnavailable
 from radixpert.evaluate.judges import green as g
 
 FULL = """
@@ -248,7 +248,7 @@ def test_tiny_model_output_is_counted_as_unparsable(tiny, monkeypatch):
 def test_check_and_missing_weights(tmp_path):
     m = g.Green(model_dir=tmp_path / "none")
     reason = m.check()
-    assert "green-radllama2-7b" in reason and "radixpert models pull green-radllama2-7b" in reason
+    assert "green-radllama2-7b" in reason and "radixpert weights pull green-radllama2-7b" in reason
     with pytest.raises(MetricUnavailable):
         m.compute(["a"], ["b"])
     # A folder with tokenizer.model only needs sentencepiece and protobuf under transformers 5.

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from radixpert.evaluate.io import InputError, atomic_write, pair_reports, read_reports
+from radixpert.errors import InputError
+from radixpert.evaluate.io import pair_reports, read_reports
+from radixpert.io import atomic_write
 
 
 def write(tmp_path, name, content):

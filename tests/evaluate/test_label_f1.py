@@ -7,13 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from radixpert.evaluate.clinical.label_f1 import (
-    OBSERVATIONS_5,
-    OBSERVATIONS_14,
-    binarise,
-    label_f1_results,
-    per_report_f1,
-)
+from radixpert.evaluate.clinical.label_f1 import binarise, label_f1_results, per_report_f1
+from radixpert.vocab import OBSERVATIONS, OBSERVATIONS_5
 
 VALUES = (1, 0, -1, None)
 NAMES = [
@@ -26,7 +21,7 @@ def random_labels(rng: np.random.Generator, n: int, p_blank: float = 0.6) -> lis
     out = []
     for _ in range(n):
         row = {}
-        for obs in OBSERVATIONS_14:
+        for obs in OBSERVATIONS:
             if rng.random() < p_blank:
                 row[obs] = None if rng.random() < 0.5 else np.nan  # both spellings of blank
             else:
@@ -55,7 +50,7 @@ def test_names_and_order():
         "Edema",
         "Pleural Effusion",
     )
-    assert OBSERVATIONS_14[0] == "No Finding" and len(OBSERVATIONS_14) == 14
+    assert OBSERVATIONS[0] == "No Finding" and len(OBSERVATIONS) == 14
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -69,7 +64,7 @@ def test_parity_with_sklearn(seed):
         cands = [{} for _ in range(n)]
     got = by_name(label_f1_results("p", refs, cands, {}))
     for unc_pos, suffix in ((True, ""), (False, "-uneg")):
-        for obs, n_obs in ((OBSERVATIONS_14, 14), (OBSERVATIONS_5, 5)):
+        for obs, n_obs in ((OBSERVATIONS, 14), (OBSERVATIONS_5, 5)):
             y_true = binarise(refs, obs, unc_pos).astype(int)
             y_pred = binarise(cands, obs, unc_pos).astype(int)
             for avg in ("micro", "macro"):
@@ -97,7 +92,7 @@ def test_resample_identity_and_parity():
     idx = rng.integers(0, 40, size=40)  # a bootstrap resample, with repeats
     got = by_name(res)
     for unc_pos, suffix in ((True, ""), (False, "-uneg")):
-        for obs, n_obs in ((OBSERVATIONS_14, 14), (OBSERVATIONS_5, 5)):
+        for obs, n_obs in ((OBSERVATIONS, 14), (OBSERVATIONS_5, 5)):
             y_true = binarise([refs[i] for i in idx], obs, unc_pos).astype(int)
             y_pred = binarise([cands[i] for i in idx], obs, unc_pos).astype(int)
             for avg in ("micro", "macro"):

@@ -181,7 +181,7 @@ def test_options_that_cannot_work_are_refused(fake_subs, fake_bleu):
 
 def test_check_names_missing_weights_of_sub_metrics(tmp_path, fake_bleu):
     reason = radcliq.RadCliQV1(bertscore_model_dir=tmp_path / "none").check()
-    assert reason is not None and "radixpert models pull distilroberta-base" in reason
+    assert reason is not None and "radixpert weights pull distilroberta-base" in reason
 
 
 def test_with_tiny_bertscore_and_chexbert(tmp_path, monkeypatch, fake_bleu):

@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("radgraph")
 pytest.importorskip("transformers")
 
+from radixpert.errors import MetricUnavailable
 from radixpert.evaluate import registry
-from radixpert.evaluate.base import MetricUnavailable
 from radixpert.evaluate.clinical import radgraph as rg
 from radixpert.weights import WeightsMissing
 from tests.evaluate.tiny_models import (
@@ -229,7 +229,7 @@ def test_xl_partial_variant_through_the_registry(tiny):
 def test_missing_weights_and_backbone(tiny, tmp_path):
     m = rg.RadGraphF1(model_dir=tmp_path / "nothing")
     reason = m.check()
-    assert "radgraph.tar.gz" in reason and "radixpert models pull radgraph" in reason
+    assert "radgraph.tar.gz" in reason and "radixpert weights pull radgraph" in reason
     with pytest.raises(MetricUnavailable, match=r"radgraph\.tar\.gz"):
         m.compute(["a"], ["b"])
     # The archive is there but its backbone is nowhere to be found offline.

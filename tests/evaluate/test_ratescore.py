@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("RaTEScore")
 pytest.importorskip("medspacy")
 
+from radixpert.errors import MetricUnavailable
 from radixpert.evaluate import registry
-from radixpert.evaluate.base import MetricUnavailable
 from radixpert.evaluate.clinical import ratescore as rs
 from tests.evaluate.tiny_models import WORDS
 
@@ -184,6 +184,6 @@ def test_short_matrix_and_registry(tiny):
 def test_missing_weights(tmp_path):
     m = rs.RaTEScoreMetric(ner_model_dir=tmp_path / "a", embedding_model_dir=tmp_path / "b")
     reason = m.check()
-    assert "rate-ner-deberta" in reason and "radixpert models pull rate-ner-deberta" in reason
+    assert "rate-ner-deberta" in reason and "radixpert weights pull rate-ner-deberta" in reason
     with pytest.raises(MetricUnavailable):
         m.compute(["a"], ["b"])

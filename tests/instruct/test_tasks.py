@@ -9,10 +9,11 @@ from collections import Counter
 import pytest
 
 from radixpert.cli import main
-from radixpert.data.study import OBSERVATIONS, Box, Image, Study, write_studies
+from radixpert.data.study import Box, Image, Study, write_studies
 from radixpert.instruct import tasks as T
 from radixpert.instruct.conversation import read_conversations
 from radixpert.instruct.mixture import build_mixture
+from radixpert.vocab import OBSERVATIONS
 
 
 def study(i: int = 0, dataset: str = "phantoms") -> Study:
@@ -128,7 +129,6 @@ def test_instruct_cli(tmp_path, capsys):
             [
                 "data",
                 "instruct",
-                "--studies",
                 str(src),
                 "--out",
                 str(out),
@@ -155,7 +155,6 @@ def test_phantoms_to_instructions_end_to_end(tmp_path, capsys):
             [
                 "data",
                 "instruct",
-                "--studies",
                 str(out / "studies.jsonl"),
                 "--out",
                 str(conv),

@@ -20,8 +20,9 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.utils import DistributedType
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "configs" / "accelerate"
+from radixpert.paths import configs_dir
+
+CONFIGS = configs_dir("accelerate")
 SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
 
 # name: (distributed_type, num_processes, num_machines, mixed_precision), as the README states.
@@ -62,7 +63,7 @@ def test_every_shipped_config_is_documented() -> None:
         assert f"{path.name}" in readme
         head = path.read_text(encoding="utf-8").splitlines()[:12]
         assert head[0].startswith("# "), f"{path.name} must open with what it is for"
-        assert any(f"configs/accelerate/{path.name}" in line for line in head)
+        assert any(f"radixpert config path accelerate/{path.stem}" in line for line in head)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from radixpert.paths import configs_dir
 from tests.train.test_loop import _make_data, _setup, _stage
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "accelerate" / "cpu_ddp_2proc.yaml"
+CONFIG = configs_dir("accelerate") / "cpu_ddp_2proc.yaml"
 STEPS = 5
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 
 from radixpert._optional import require
+from radixpert.errors import ImageError
 
 if TYPE_CHECKING:
     from radixpert.data.study import Image, Study
@@ -46,10 +47,6 @@ BoxTuple = tuple[float, float, float, float]
 
 # ITU-R BT.601 luma weights, the same ones Pillow's convert("L") uses.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
-
-
-class ImageError(ValueError):
-    """An image could not be read; the message names the file and what failed."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import json
 import re
 
 from radixpert.data.reports import _split_sentences
-from radixpert.llm import ChatClient, LLMError
+from radixpert.errors import LLMError
+from radixpert.llm import ChatClient
 
 PROMPT = (
     "Below are the numbered sentences of a radiology report. Which sentences refer to a prior "

@@ -30,7 +30,6 @@ import hashlib
 import io
 import logging
 import math
-import os
 import re
 import sys
 import time
@@ -41,7 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from radixpert.data.study import OBSERVATIONS, Box, Image, Study, write_studies
+from radixpert.data.study import Box, Image, Study, write_studies
+from radixpert.io import write_bytes
+from radixpert.vocab import OBSERVATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -947,9 +948,9 @@ def generate_phantoms(
         if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
             skipped += 1  # resumed run: this image is already there, byte for byte
         else:
-            tmp = path.with_name(f".{path.name}.part")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)  # never leave a truncated image behind
+            # Atomic, never a truncated image; no fsync: thousands of small files that a
+            # re-run checks byte for byte and writes again.
+            write_bytes(path, data, fsync=False)
         studies.append(
             Study(
                 id=sid,
@@ -986,7 +987,7 @@ def generate_phantoms(
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The options of `radixpert data phantoms` (shared by `main` and the radixpert CLI)."""
     ap.add_argument("--n", type=int, required=True, help="number of phantoms")
-    ap.add_argument("--out", required=True, help="output folder (images/ and studies.jsonl)")
+    ap.add_argument("--out", "-o", required=True, help="output folder (images/ and studies.jsonl)")
     ap.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     ap.add_argument("--seed", type=int, default=0, help="set seed (default 0)")
     ap.add_argument("--format", default="png", choices=("png", "jpg"), help="image format")
@@ -994,8 +995,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the phantoms `args` asks for and print a one-line summary."""
+    from radixpert.errors import UsageError
+
     if args.n < 0:
-        raise ValueError("--n must be >= 0")
+        raise UsageError(f"--n must be >= 0, got {args.n}")
+    if args.size < 64:
+        raise UsageError(f"--size must be at least 64, got {args.size}")
     t0 = time.monotonic()
     studies = generate_phantoms(
         args.n, args.out, size=args.size, seed=args.seed, fmt=args.format, progress=True

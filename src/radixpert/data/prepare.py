@@ -1,21 +1,34 @@
-"""`radixpert data prepare DATASET --root DIR --out FILE`: a dataset, as its publisher ships
-it, into `Study` records (JSONL or Parquet).
+"""`radixpert data prepare DATASET --root DIR -o FILE [key=value ...]`: a dataset, as its
+publisher ships it, into `Study` records (JSONL or Parquet).
 
 Readers are registered by name as "module:function" strings and imported only when used.
 Each reader streams; records are validated and written atomically, with progress on stderr.
+
+A reader's options are its keyword-only parameters. `reader_options` lists them (name, type,
+default and the text of the reader's docstring), and `parse_options` turns the command line's
+`key=value` strings into those types: `true`/`false` for a flag, numbers, comma-separated
+lists (`views=PA,AP`), `none` for an optional value. An unknown option or a value of the wrong
+type is an error naming the option and the reader's options.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
+import inspect
 import logging
+import re
 import time
+import types
+import typing
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from radixpert.data.study import Study, write_studies
+from radixpert.errors import UnknownName, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +53,136 @@ READERS: dict[str, str] = {
 def reader(name: str) -> Any:
     """The `read(root, **options)` function of dataset `name`."""
     if name not in READERS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(READERS)}")
+        raise UnknownName(f"unknown dataset {name!r}; known: {', '.join(READERS)}")
     module, _, attr = READERS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class ReaderOption:
+    """One keyword option of a reader: ``name=value`` on the command line."""
+
+    name: str
+    kind: str  # "bool", "int", "float", "str", "path" or "list" (comma-separated strings)
+    optional: bool  # "none" is accepted and gives None
+    default: Any
+    help: str
+
+
+_FALSE, _TRUE = ("false", "no", "0", "off"), ("true", "yes", "1", "on")
+_LIST_ORIGINS = (tuple, list, collections.abc.Sequence, collections.abc.Collection)
+
+
+def _kind(hint: Any) -> tuple[str, bool]:
+    """(kind, optional) of a parameter's type hint."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        kind, _ = _kind(inner[0]) if len(inner) == 1 else ("str", False)
+        return kind, type(None) in args
+    if typing.get_origin(hint) in _LIST_ORIGINS:
+        return "list", False
+    return {bool: "bool", int: "int", float: "float", Path: "path"}.get(hint, "str"), False
+
+
+def _arg_docs(doc: str) -> dict[str, str]:
+    """``name -> text`` of the ``Args:`` section of a Google-style docstring."""
+    out: dict[str, str] = {}
+    section = re.search(r"\n\s*Args:\n(.*?)(?:\n\s*\n|\Z)", doc, re.S)
+    name = None
+    for line in (section.group(1) if section else "").splitlines():
+        m = re.match(r"\s{4,8}(\w+)(?: \([^)]*\))?: ?(.*)", line)
+        if m and len(line) - len(line.lstrip()) <= 8:
+            name = m.group(1)
+            out[name] = m.group(2).strip()
+        elif name is not None:
+            out[name] += " " + line.strip()
+    return out
+
+
+def reader_options(dataset: str) -> list[ReaderOption]:
+    """The options of dataset ``dataset``'s reader, in signature order."""
+    read = reader(dataset)
+    hints = typing.get_type_hints(read)
+    docs = _arg_docs(inspect.getdoc(read) or "")
+    options = []
+    for p in inspect.signature(read).parameters.values():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        kind, optional = _kind(hints.get(p.name, str))
+        options.append(ReaderOption(p.name, kind, optional, p.default, docs.get(p.name, "")))
+    return options
+
+
+def _convert(option: ReaderOption, text: str, dataset: str) -> Any:
+    value = text.strip()
+    if option.optional and value.lower() in ("none", "null"):
+        return None
+    if option.kind == "bool":
+        if value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        raise UsageError(f"{dataset} option {option.name}={text!r}: expected true or false")
+    if option.kind in ("int", "float"):
+        try:
+            return int(value) if option.kind == "int" else float(value)
+        except ValueError:
+            raise UsageError(
+                f"{dataset} option {option.name}={text!r}: expected a number ({option.kind})"
+            ) from None
+    if option.kind == "list":
+        items = tuple(v.strip() for v in value.split(",") if v.strip())
+        if not items:
+            raise UsageError(f"{dataset} option {option.name}: empty list (write a,b,c)")
+        return items
+    return Path(value) if option.kind == "path" else value
+
+
+def parse_options(dataset: str, pairs: Sequence[str]) -> dict[str, Any]:
+    """``["views=PA,AP", "check-images=false"]`` -> ``{"views": ("PA", "AP"), ...}``.
+
+    Raises:
+        UsageError: A pair without ``=``, or a value that does not convert to the option's type.
+        UnknownName: An option the reader does not have (its options are listed).
+    """
+    known = {o.name: o for o in reader_options(dataset)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        name = key.strip().replace("-", "_")
+        if not sep or not name:
+            raise UsageError(f"{dataset} option {pair!r}: expected key=value")
+        if name not in known:
+            raise UnknownName(
+                f"{dataset} has no option {key.strip()!r}; its options: "
+                + (", ".join(known) or "none")
+            )
+        out[name] = _convert(known[name], text, dataset)
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value) if value != "" else '""'
+
+
+def describe_readers(width: int = 100) -> str:
+    """Every reader and its options, as ``radixpert data prepare --help`` shows them."""
+    import textwrap
+
+    lines = ["datasets and their options (key=value after the dataset name):"]
+    for dataset in READERS:
+        lines.append(f"  {dataset}")
+        for o in reader_options(dataset):
+            kind = o.kind + (" | none" if o.optional else "")
+            lines.append(f"    {o.name}={kind} (default {_show(o.default)})")
+            if o.help:
+                lines += textwrap.wrap(
+                    o.help, width, initial_indent=" " * 8, subsequent_indent=" " * 8
+                )
+    return "\n".join(lines)
 
 
 def _with_progress(studies: Iterator[Study], stream: TextIO | None) -> Iterator[Study]:
@@ -73,7 +213,7 @@ class PriorRemover:
     def __call__(self, study: Study) -> Study:
         from radixpert.data.llm_passes import llm_prior_sentences
         from radixpert.data.reports import remove_prior_references
-        from radixpert.llm import LLMError
+        from radixpert.errors import LLMError
 
         removed: dict[str, list[str]] = {}
         how = self.mode

@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Literal
 
 from radixpert.data.study import Study
+from radixpert.errors import SplitError
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ _ALIASES = {
 }
 
 PatientKey = tuple[str, str]
-
-
-class SplitError(ValueError):
-    """Splits cannot be assigned or are inconsistent; the message names studies or patients."""
 
 
 def normalise_split(name: str) -> str:

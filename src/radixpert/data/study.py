@@ -17,16 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radixpert.evaluate.clinical.label_f1 import OBSERVATIONS_14
-from radixpert.evaluate.io import atomic_write
+from radixpert.errors import StudyError
+from radixpert.io import atomic_write
+from radixpert.vocab import LABEL_VALUES, OBSERVATIONS
 
-OBSERVATIONS = OBSERVATIONS_14
-LABEL_VALUES = (1, 0, -1, None)  # positive, negative, uncertain, not mentioned
 REPORT_SOURCES = ("original", "synthesised-from-labels", "phantom", "translated")
-
-
-class StudyError(ValueError):
-    """A malformed Study record; the message names the file, the record and the field."""
 
 
 @dataclass

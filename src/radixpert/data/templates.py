@@ -16,7 +16,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from radixpert.data.study import OBSERVATIONS
+from radixpert.vocab import OBSERVATIONS
 
 __all__ = ["PHRASES", "report_from_labels"]
 

@@ -409,7 +409,7 @@ def write_page(
         + "\n".join(body)
         + "\n</body></html>\n"
     )
-    from radixpert.evaluate.io import atomic_write
+    from radixpert.io import atomic_write
 
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(page)

@@ -36,6 +36,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from radixpert.errors import UsageError
+from radixpert.io import write_json
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_PHANTOMS", "run_demo"]
@@ -44,12 +47,6 @@ DEFAULT_PHANTOMS = 6000
 IMAGE_SIZE = 64
 SAMPLES_ON_PAGE = 8
 INSTRUCT_TASKS = {"report": 1.0, "classification": 1.0, "grounding-abnormality": 1.0}
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    from radixpert.train.loop import _write_json_atomic
-
-    _write_json_atomic(path, payload)
 
 
 def _say(message: str) -> None:
@@ -88,7 +85,7 @@ def _instruct(out: Path, studies: Sequence[Any]) -> None:
         convs = list(build_mixture(chosen, INSTRUCT_TASKS, counts=tally))
         write_conversations(convs, folder / f"{split}.jsonl")
         counts[split] = dict(tally)
-    _write_json(folder / "counts.json", counts)
+    write_json(folder / "counts.json", counts)
     _say(f"2/6 instruction sets: {counts['train']} training conversations in {folder}")
 
 
@@ -186,7 +183,7 @@ def _predict(out: Path, name: str, bundle: Path, studies: Sequence[Any]) -> dict
         ],
         "seconds": time.perf_counter() - tick,
     }
-    _write_json(path, result)
+    write_json(path, result)
     return result
 
 
@@ -344,7 +341,7 @@ def run_demo(
         "overrides": list(overrides),
         "seconds": time.perf_counter() - start,
     }
-    _write_json(out / "summary.json", _finite(summary))
+    write_json(out / "summary.json", _finite(summary))
     curves = _curves(out / "model", "model")
     if control:
         curves.update(_curves(out / "control" / "model", "control"))
@@ -383,13 +380,13 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
         before = json.loads(path.read_text(encoding="utf-8"))
         changed = sorted(k for k in settings if before.get(k) != settings[k])
         if changed:
-            raise ValueError(
+            raise UsageError(
                 f"{out} holds a demo made with other settings ({', '.join(changed)}: "
                 f"{[before.get(k) for k in changed]} -> {[settings[k] for k in changed]}); "
                 "use another --out or remove the folder"
             )
         return
-    _write_json(path, settings)
+    write_json(path, settings)
 
 
 def _table(scores: dict[str, float]) -> dict[str, float]:

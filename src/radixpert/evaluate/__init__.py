@@ -3,6 +3,7 @@
 Run it with `radixpert evaluate --references R --candidates C`; see `radixpert evaluate --list`.
 """
 
-from radixpert.evaluate.base import Metric, MetricResult, MetricUnavailable
+from radixpert.errors import MetricUnavailable
+from radixpert.evaluate.base import Metric, MetricResult
 
 __all__ = ["Metric", "MetricResult", "MetricUnavailable"]

@@ -14,12 +14,7 @@ from typing import Any
 
 import numpy as np
 
-
-class MetricUnavailable(RuntimeError):
-    """The metric cannot run here: a package, a program or model weights are missing.
-
-    The message says what is missing, where it was looked for and how to get it.
-    """
+from radixpert.errors import MetricUnavailable
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Reading report files for evaluation and writing results atomically.
+"""Reading report files for evaluation.
 
 Accepted inputs (format from the extension, `.json`, `.jsonl`, `.csv`):
 
@@ -17,14 +17,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from radixpert.errors import InputError
 
 ID_KEYS = ("id", "study_id", "uid", "dicom_id", "image_id", "case_id", "key")
 REPORT_KEYS = ("report", "text")  # a whole report (references and candidates)
@@ -34,10 +33,6 @@ SECTION_KEYS = {  # plain names, and the ReXrank data files' names
     "impression": ("impression", "section_impression"),
 }
 SECTIONS = ("auto", "report", "findings", "impression", "findings+impression")
-
-
-class InputError(ValueError):
-    """A problem with an input file; the message names the file and the record."""
 
 
 @dataclass
@@ -318,32 +313,3 @@ def pair_reports(refs: Reports, cands: Reports, allow_missing: bool = False) -> 
         )
     empty = [i for i, c in zip(ids, candidates) if not c.strip()]
     return Pairs(ids, references, candidates, only_r, only_c, empty)
-
-
-def default_file_mode() -> int:
-    """The mode a plain ``open`` would give a new file (0o666 less the umask).
-
-    ``tempfile.mkstemp`` makes 0o600 files; an atomically written output gets this mode
-    instead, so it is as readable as any other file the user writes.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-@contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
-    """Open a temporary file beside `path`; move it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -10,6 +10,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from radixpert.errors import UnknownName
 from radixpert.evaluate.base import Metric
 
 
@@ -139,7 +140,7 @@ def expand(requested: list[str]) -> list[str]:
     for name in requested:
         for n in GROUPS.get(name, (name,)):
             if n not in REGISTRY:
-                raise KeyError(
+                raise UnknownName(
                     f"unknown metric {n!r}; known: {', '.join(REGISTRY)}; "
                     f"groups: {', '.join(GROUPS)}"
                 )

@@ -21,14 +21,16 @@ from typing import Any, TextIO
 import numpy as np
 
 import radixpert
+from radixpert.errors import MetricUnavailable
 from radixpert.evaluate import registry
-from radixpert.evaluate.base import MetricResult, MetricUnavailable, show_progress
-from radixpert.evaluate.io import Pairs, atomic_write, pair_reports, read_reports
+from radixpert.evaluate.base import MetricResult, show_progress
+from radixpert.evaluate.io import Pairs, pair_reports, read_reports
 from radixpert.evaluate.stats import (
     bootstrap_replicates,
     normal_ci,
     percentile_interval,
 )
+from radixpert.io import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radixpert.evaluate.io import atomic_write
+from radixpert.errors import ConversationError
+from radixpert.io import atomic_write
 
 IMAGE_TOKEN = "<image>"
 
@@ -30,10 +31,6 @@ def images_and_turns(item: Any) -> tuple[list[str], list[dict[str, str]]]:
     if isinstance(images, str | Path):
         images = [images]
     return [str(p) for p in images], list(turns)
-
-
-class ConversationError(ValueError):
-    """A malformed conversation record; names the file, line and field."""
 
 
 @dataclass

@@ -10,10 +10,12 @@ import json
 import random
 import re
 
-from radixpert.data.study import OBSERVATIONS, Study
+from radixpert.data.study import Study
+from radixpert.errors import LLMError
 from radixpert.instruct.conversation import IMAGE_TOKEN, Conversation
 from radixpert.instruct.tasks import Task, format_box
-from radixpert.llm import ChatClient, LLMError
+from radixpert.llm import ChatClient
+from radixpert.vocab import OBSERVATIONS
 
 PROMPT = (
     "You write training conversations about a chest X-ray for a radiology assistant. Use only "

@@ -1,6 +1,6 @@
 """Task mixtures: which tasks, with what weight, and per-dataset repeat factors.
 
-    radixpert data instruct --studies studies.jsonl --out train.jsonl \\
+    radixpert data instruct studies.jsonl -o train.jsonl \\
         --tasks report=1 classification=0.5 detection=1 --repeat mimic-cxr=1 phantoms=2
 
 A weight w times a dataset's repeat factor r gives floor(w·r) conversations of that task
@@ -38,7 +38,7 @@ def build_mixture(
     "failed:<task>" for studies an LLM-written task could not turn into turns.
     `task_objects` supplies tasks that need construction arguments (an LLM client).
     """
-    from radixpert.llm import LLMError
+    from radixpert.errors import LLMError
 
     given = task_objects or {}
     tasks: list[tuple[Task, float]] = [

@@ -14,8 +14,11 @@ import re
 from abc import ABC, abstractmethod
 from typing import Any
 
-from radixpert.data.study import OBSERVATIONS, Box, Study
+from radixpert import vocab
+from radixpert.data.study import Box, Study
+from radixpert.errors import UnknownName, UsageError
 from radixpert.instruct.conversation import IMAGE_TOKEN, Conversation
+from radixpert.vocab import OBSERVATIONS
 
 _BOX_RE = re.compile(
     r"\[\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*\]"
@@ -303,11 +306,15 @@ TASKS: dict[str, Any] = {
     "detection": DetectionTask,
     "conversation": ConversationTask,
 }
+if set(TASKS) != set(vocab.TASKS):  # the names are radixpert.vocab's; each needs a builder here
+    raise ImportError(f"instruct.tasks builds {sorted(TASKS)}, vocab names {sorted(vocab.TASKS)}")
 
 
 def create(name: str) -> Task:
     if name == "conversation-llm":
-        raise KeyError("task 'conversation-llm' needs a local LLM: give --llm-url and --llm-model")
+        raise UsageError(
+            "task 'conversation-llm' needs a local LLM: give --llm-url and --llm-model"
+        )
     if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        raise UnknownName(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     return TASKS[name]()

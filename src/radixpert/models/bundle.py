@@ -31,15 +31,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+from radixpert.io import atomic_dir
 from radixpert.models.processor import RadProcessor
+from radixpert.vocab import FAMILIES
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +54,6 @@ _VERSIONED = ("radixpert", "torch", "transformers", "peft", "safetensors", "toke
 
 def _is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
-
-
-FAMILIES: tuple[str, ...] = ("llava", "mllama", "llava_onevision", "radscribe")
 
 
 def _describe(model: Any) -> tuple[str, str | None]:
@@ -140,26 +135,6 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
-@contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Yields a temporary sibling of ``path``; on success it replaces ``path`` by rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-        path.rename(old)
-    tmp.rename(path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _base_state_dict(peft_model: Any) -> dict[str, Any]:
     """The base model's weights under a peft wrapper, LoRA weights left out, original names."""
     state = peft_model.get_base_model().state_dict()
@@ -203,7 +178,7 @@ def save_bundle(
     family, connector = _describe(model)
     path = Path(path)
     has_adapter = _is_peft(model)
-    with _atomic_dir(path) as tmp:
+    with atomic_dir(path) as tmp:
         if has_adapter and adapters == "separate":
             _save_separate(model, family, tmp)
         elif has_adapter:
@@ -299,7 +274,6 @@ def export_merged(path_in: str | Path, path_out: str | Path) -> Path:
 
 __all__ = [
     "ADAPTER_DIR",
-    "FAMILIES",
     "MANIFEST_FILE",
     "RECIPE_FILE",
     "TRAINING_LOG_FILE",

@@ -52,7 +52,7 @@ from transformers import (
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from radixpert.evaluate.clinical.label_f1 import OBSERVATIONS_14
+from radixpert.vocab import OBSERVATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class RadScribe(nn.Module):
         self.image_backbone = image_backbone
         self.label_branch = bool(label_branch)
         self.label_loss_weight = float(label_loss_weight)
-        self.num_labels = len(OBSERVATIONS_14)
+        self.num_labels = len(OBSERVATIONS)
         self.stage: Stage = "end_to_end"
 
         if image_backbone == "vit":

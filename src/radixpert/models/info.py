@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from radixpert import vocab
+from radixpert.errors import UnknownName
 from radixpert.models.connectors import HCF
 from radixpert.models.sizes import SIZES, build_meta
 from radixpert.models.trainability import (
@@ -46,34 +48,19 @@ def component_prefixes(model: nn.Module) -> dict[str, Any]:
     )
 
 
+TINY_NAMES: tuple[str, ...] = tuple(n for n, s in vocab.SIZES.items() if not s.published)
+"""The tiny and demo sizes: random weights, built by the family's own builder."""
+
+
 def _tiny(name: str) -> nn.Module | None:
     """A tiny model of a family, built with random weights by the family's own builder."""
     import importlib
 
-    builders = {
-        "tiny-llava": ("radixpert.models.llava", "tiny_llava", {"connector": "mlp"}),
-        "tiny-llava-hcf": ("radixpert.models.llava", "tiny_llava", {"connector": "hcf"}),
-        "demo-llava": ("radixpert.models.llava", "demo_llava", {"connector": "mlp"}),
-        "demo-llava-hcf": ("radixpert.models.llava", "demo_llava", {"connector": "hcf"}),
-        "tiny-encoder-decoder": ("radixpert.models.encoder_decoder", "tiny_encoder_decoder", {}),
-        "tiny-mllama": ("radixpert.models.mllama", "tiny_mllama", {}),
-        "tiny-onevision": ("radixpert.models.onevision", "tiny_onevision", {}),
-    }
-    if name not in builders:
+    if name not in TINY_NAMES:
         return None
-    module, fn, kwargs = builders[name]
-    return getattr(importlib.import_module(module), fn)(**kwargs)
-
-
-TINY_NAMES = (
-    "tiny-llava",
-    "tiny-llava-hcf",
-    "demo-llava",
-    "demo-llava-hcf",
-    "tiny-encoder-decoder",
-    "tiny-mllama",
-    "tiny-onevision",
-)
+    size = vocab.SIZES[name]
+    module, fn = size.builder.split(":")
+    return getattr(importlib.import_module(f"radixpert.models.{module}"), fn)(**size.options)
 
 
 def _from_config(path: Path) -> nn.Module:
@@ -145,7 +132,7 @@ def model_info(name: str, rank: int = 64) -> str:
     elif Path(name).exists():
         model, how = _from_config(Path(name)), "from its config, on the meta device"
     else:
-        raise KeyError(
+        raise UnknownName(
             f"unknown model {name!r}: give a named size ({', '.join(SIZES)}), a "
             f"tiny family ({', '.join(TINY_NAMES)}) or a config.json / model folder"
         )

@@ -48,6 +48,7 @@ import torch
 
 from radixpert.data.images import load_image, resize_letterbox
 from radixpert.models.connectors import IGNORE_INDEX
+from radixpert.vocab import FAMILIES
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ VICUNA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 TEMPLATES: tuple[str, ...] = ("vicuna", "llama3")
-FAMILIES: tuple[str, ...] = ("llava", "mllama", "llava_onevision", "radscribe")
 MLLAMA_IMAGE_TOKEN = "<|image|>"
 DECODER_TOKENIZER_DIR = "decoder_tokenizer"
 
@@ -652,7 +652,6 @@ def _as_gray(image: Any) -> np.ndarray:
 
 __all__ = [
     "DECODER_TOKENIZER_DIR",
-    "FAMILIES",
     "IGNORE_INDEX",
     "PROCESSOR_FILE",
     "TEMPLATES",

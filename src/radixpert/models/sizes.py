@@ -35,6 +35,9 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from radixpert import vocab
+from radixpert.errors import UnknownName
+
 __all__ = [
     "SIZES",
     "build_meta",
@@ -282,12 +285,11 @@ def llava_rad_shape() -> LlavaConfig:
 
 
 SIZES: dict[str, Callable[[], PretrainedConfig]] = {
-    "llama32_vision_11b": llama32_vision_11b,
-    "llava15_7b": llava15_7b,
-    "llava_onevision_7b": llava_onevision_7b,
-    "llava_rad_shape": llava_rad_shape,
+    name: globals()[size.builder.removeprefix("sizes:")]
+    for name, size in vocab.SIZES.items()
+    if size.published
 }
-"""Named sizes: name -> a function returning a fresh config."""
+"""Named sizes (the published ones of ``radixpert.vocab.SIZES``): name -> a fresh config."""
 
 
 def size_names() -> tuple[str, ...]:
@@ -312,7 +314,7 @@ def build_meta(name: str) -> nn.Module:
         KeyError: If ``name`` is not a known size.
     """
     if name not in SIZES:
-        raise KeyError(f"unknown size {name!r}; known: {', '.join(SIZES)}")
+        raise UnknownName(f"unknown size {name!r}; known: {', '.join(SIZES)}")
     config = SIZES[name]()
     with torch.device("meta"):
         return AutoModelForImageTextToText.from_config(config)

@@ -33,7 +33,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from radixpert._optional import MissingDependency, missing, require
+from radixpert._optional import missing, require
+from radixpert.errors import MissingDependency
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -50,8 +49,9 @@ from typing import Any
 
 import torch
 
-from radixpert.evaluate.io import default_file_mode
+from radixpert.errors import UnknownName
 from radixpert.instruct.conversation import images_and_turns
+from radixpert.io import write_bytes, write_json
 from radixpert.models.connectors import IGNORE_INDEX
 from radixpert.models.trainability import (
     LLAVA_COMPONENTS,
@@ -85,23 +85,6 @@ BEST_FILE = "best_trainable.safetensors"
 # Batches per length group: sorting inside a group keeps padding low, groups keep randomness.
 GROUP_BATCHES = 8
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-
-
-def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """Writes ``payload`` as JSON to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(dict(payload), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def example_length(processor: Any, item: Any) -> int:
@@ -240,8 +223,8 @@ def _save(accelerator: Any, out_dir: Path, position: dict[str, Any], keep: int) 
     finally:
         quiet.setLevel(level)
     if accelerator.is_main_process:
-        _write_json_atomic(path / POSITION_FILE, position)
-        _write_json_atomic(out_dir / CHECKPOINT_POINTER, {"checkpoint": name, **position})
+        write_json(path / POSITION_FILE, position)
+        write_json(out_dir / CHECKPOINT_POINTER, {"checkpoint": name, **position})
         old = sorted((out_dir / CHECKPOINT_DIR).glob("step-*"))
         for stale in old[: max(0, len(old) - keep)]:
             if stale != path:
@@ -263,7 +246,7 @@ class _EarlyStop:
     def update(self, metrics: Mapping[str, float], step: int) -> bool:
         """Records an evaluation; True if it is the best so far."""
         if self.rule.metric not in metrics:
-            raise KeyError(
+            raise UnknownName(
                 f"early_stopping.metric {self.rule.metric!r} is not among the validation "
                 f"metrics {sorted(metrics)}"
             )
@@ -719,12 +702,10 @@ def train_stage(
 
 
 def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Writes ``tensors`` as safetensors through a temporary file and ``os.replace``."""
-    from safetensors.torch import save_file
+    """Writes ``tensors`` as one safetensors file, atomically."""
+    from safetensors.torch import save
 
-    tmp = path.with_name(f".{path.name}.part")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
 
 
 def _load_trainable(model: Any, path: Path) -> None:

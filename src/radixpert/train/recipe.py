@@ -1,13 +1,14 @@
 """Training recipes: a run's model and stages as data in YAML, loaded with strict validation.
 
-A recipe (``configs/recipes/*.yaml``) names the model and lists the stages; each stage says
-what data it reads, which component trains how (frozen, LoRA or full, see
-``radixpert.models.trainability``), and the optimiser, schedule and loop settings::
+A recipe (a YAML file; the shipped ones are in ``radixpert/configs/recipes``) names the model
+and lists the stages; each stage says what data it reads, which component trains how (frozen,
+LoRA or full, see ``radixpert.models.trainability``), and the optimiser, schedule and loop
+settings::
 
     from radixpert.train.recipe import describe, load_recipe
 
     recipe = load_recipe(
-        "configs/recipes/msa_lora.yaml",
+        "msa_lora",  # a shipped recipe by name, or the path of a YAML file
         overrides=["stages.stage2.optimizer.lr=5e-5", "stages.0.max_steps=10"],
         data_root="/data/radiology",
     )
@@ -44,14 +45,14 @@ from typing import Any, Literal
 
 import yaml
 
+from radixpert.errors import RecipeError, UnknownName
 from radixpert.models.trainability import COMPONENT_NAMES, ComponentSpec
+from radixpert.paths import configs_dir
+from radixpert.vocab import FAMILIES, SIZES, TASKS
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FAMILIES",
-    "SIZE_NAMES",
-    "TASK_NAMES",
     "ComponentTraining",
     "DataMixture",
     "DataSource",
@@ -70,34 +71,6 @@ __all__ = [
     "recipe_path",
     "shipped_recipes_dir",
 ]
-
-FAMILIES: tuple[str, ...] = ("llava", "mllama", "llava_onevision", "radscribe")
-# Named sizes (radixpert.models.sizes.SIZES) and tiny families (radixpert.models.info.TINY_NAMES),
-# repeated here so that reading a recipe imports neither torch nor transformers; a test keeps
-# the lists equal.
-SIZE_NAMES: tuple[str, ...] = (
-    "llama32_vision_11b",
-    "llava15_7b",
-    "llava_onevision_7b",
-    "llava_rad_shape",
-    "tiny-llava",
-    "tiny-llava-hcf",
-    "demo-llava",
-    "demo-llava-hcf",
-    "tiny-encoder-decoder",
-    "tiny-mllama",
-    "tiny-onevision",
-)
-# Task names of radixpert.instruct.tasks.TASKS (kept equal by a test).
-TASK_NAMES: tuple[str, ...] = (
-    "report",
-    "report-full",
-    "classification",
-    "grounding-phrase",
-    "grounding-abnormality",
-    "detection",
-    "conversation",
-)
 
 _VARIABLE = re.compile(r"\$\{([^}]*)\}")
 # PyYAML follows YAML 1.1, where "2e-4" (no dot) is a string; recipes write learning rates so.
@@ -124,10 +97,6 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be read, or a value in it (or in an override) that is invalid."""
 
 
 def _positive(value: float | None, name: str) -> None:
@@ -167,7 +136,7 @@ class ModelSpec:
 
     Args:
         family: One of ``FAMILIES``.
-        size: A named size or tiny family (``SIZE_NAMES``); exactly one of size and pretrained.
+        size: A named size or tiny family (``SIZES``); exactly one of size and pretrained.
         pretrained: A Hugging Face id, a local model folder or a radixpert bundle to start
             from.
         tokenizer: A tokenizer folder or id; default: the pretrained model's own, or for a
@@ -178,7 +147,7 @@ class ModelSpec:
         hcf: HCF options; only with ``connector: hcf`` (defaults when omitted).
     """
 
-    family: Literal["llava", "mllama", "llava_onevision", "radscribe"]
+    family: str
     size: str | None = None
     pretrained: str | None = None
     tokenizer: str | None = None
@@ -189,8 +158,14 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if (self.size is None) == (self.pretrained is None):
             raise ValueError("give exactly one of size and pretrained")
-        if self.size is not None and self.size not in SIZE_NAMES:
-            raise ValueError(f"size: unknown {self.size!r}; known: {', '.join(SIZE_NAMES)}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family: unknown {self.family!r}; known: {', '.join(FAMILIES)}")
+        if self.size is not None and self.size not in SIZES:
+            raise ValueError(f"size: unknown {self.size!r}; known: {', '.join(SIZES)}")
+        if self.size is not None and SIZES[self.size].family != self.family:
+            raise ValueError(
+                f"size: {self.size!r} is a {SIZES[self.size].family} model, not {self.family}"
+            )
         if self.connector == "hcf" and self.family == "radscribe":
             raise ValueError("connector: the radscribe family has no HCF connector")
         if self.hcf is not None and self.connector != "hcf":
@@ -224,7 +199,7 @@ class DataMixture:
 
     Args:
         sources: The study files.
-        tasks: Task name (``TASK_NAMES``) to relative weight.
+        tasks: Task name (``TASKS``) to relative weight.
         split: Which split of the sources to read.
     """
 
@@ -238,8 +213,8 @@ class DataMixture:
         if not self.tasks:
             raise ValueError("tasks: at least one task is needed")
         for task, weight in self.tasks.items():
-            if task not in TASK_NAMES:
-                raise ValueError(f"tasks.{task}: unknown task; known: {', '.join(TASK_NAMES)}")
+            if task not in TASKS:
+                raise ValueError(f"tasks.{task}: unknown task; known: {', '.join(TASKS)}")
             _positive(weight, f"tasks.{task}")
 
 
@@ -459,7 +434,7 @@ class Recipe:
         for s in self.stages:
             if s.name == name:
                 return s
-        raise KeyError(f"no stage {name!r}; stages: {[s.name for s in self.stages]}")
+        raise UnknownName(f"no stage {name!r}; stages: {[s.name for s in self.stages]}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -617,8 +592,8 @@ def _expand(value: str, key: str, data_root: str | None) -> str:
 
 
 def shipped_recipes_dir() -> Path:
-    """The ``configs/recipes`` folder of the source tree this package was installed from."""
-    return Path(__file__).resolve().parents[3] / "configs" / "recipes"
+    """The recipes shipped in the package (``radixpert/configs/recipes``)."""
+    return configs_dir("recipes")
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
@@ -644,7 +619,7 @@ def load_recipe(
     """Reads, overrides and validates a recipe YAML.
 
     Args:
-        path: The recipe file.
+        path: The recipe file, or the name of a shipped recipe (``recipe_path``).
         overrides: ``"dotted.key=value"`` strings (see the module docstring).
         data_root: What ``${data}`` expands to; when None, the recipe's ``data_root`` key.
 
@@ -656,7 +631,7 @@ def load_recipe(
             unknown, missing, of the wrong type or outside its allowed values; the message
             names the file and the dotted key path.
     """
-    path = Path(path)
+    path = recipe_path(path)
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
         if not isinstance(data, dict):

@@ -44,6 +44,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from radixpert.errors import RecipeError, UnknownName, UsageError
+from radixpert.io import write_json
 from radixpert.train.recipe import ModelSpec, Recipe, Stage
 
 logger = logging.getLogger(__name__)
@@ -163,12 +165,12 @@ def _sized_model(spec: ModelSpec) -> Any:
             model = AutoModelForImageTextToText.from_config(config)
         logger.warning("model %s built with random weights (no pretrained checkpoint)", name)
     else:
-        raise ValueError(f"model.size: unknown {name!r}")
+        raise UnknownName(f"model.size: unknown {name!r}")
     from radixpert.models.processor import _family
 
     family = _family(model)
     if family != spec.family:
-        raise ValueError(f"model.size {spec.size!r} is a {family} model, not {spec.family}")
+        raise RecipeError(f"model.size {spec.size!r} is a {family} model, not {spec.family}")
     return model
 
 
@@ -275,7 +277,7 @@ def _report_metric(
     registry.expand([name])  # an unknown name fails before training, not at the first eval
     reports = [c for c in val if c.task in ("report", "report-full")]
     if not reports:
-        raise ValueError(f"stage {stage.name}: eval_metric needs report conversations to score")
+        raise RecipeError(f"stage {stage.name}: eval_metric needs report conversations to score")
 
     def compute(model: Any) -> Mapping[str, float]:
         written = generate_answers(model, processor, reports, progress=False)
@@ -289,12 +291,6 @@ def _report_metric(
         return out
 
     return compute
-
-
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    from radixpert.train.loop import _write_json_atomic
-
-    _write_json_atomic(path, payload)
 
 
 def run_recipe(
@@ -338,7 +334,7 @@ def run_recipe(
     names = [s.name for s in recipe.stages]
     for name in only or ():
         if name not in names:
-            raise ValueError(f"no stage {name!r}; stages: {names}")
+            raise UnknownName(f"no stage {name!r}; stages: {names}")
     model = processor = None
     last_bundle: Path | None = None
     results: dict[str, Any] = {}
@@ -356,13 +352,13 @@ def run_recipe(
             continue
         if only is not None and stage.name not in only:
             if any(n in only for n in names[index + 1 :]):
-                raise ValueError(
+                raise UsageError(
                     f"stage {stage.name!r} is not finished; it must run before {list(only)}"
                 )
             break
         train = stage_conversations(stage, seed=recipe.seed)
         if not train:
-            raise ValueError(f"stage {stage.name}: no training conversations in its sources")
+            raise RecipeError(f"stage {stage.name}: no training conversations in its sources")
         val = stage_conversations(stage, "validate", seed=recipe.seed, limit=max_val)
         if model is None:
             if last_bundle is not None:
@@ -415,7 +411,7 @@ def run_recipe(
             bundle=str(bundle),
         )
         if state.is_main_process:
-            _write_json(done, result)
+            write_json(done, result)
         results[stage.name] = result
         offset += int(result["steps"])
         last_bundle = bundle
@@ -427,5 +423,5 @@ def run_recipe(
         "seconds": time.perf_counter() - start,
     }
     if state.is_main_process:
-        _write_json(out / RUN_SUMMARY, summary)
+        write_json(out / RUN_SUMMARY, summary)
     return summary

@@ -2,9 +2,9 @@
 
 Every reader is a module with `read(root: Path, **options) -> Iterator[Study]` (see
 ARCHITECTURE.md, "Reader"); `radixpert.data.prepare.READERS` maps dataset names to them.
-This package also holds what the readers share: `ReaderError`, whose message names the file
-and the field, a streaming CSV opener for plain and gzip files, and the parser of the CheXpert
-label coding (`1.0` / `0.0` / `-1.0` / empty).
+This package also holds what the readers share: a streaming CSV opener for plain and gzip
+files and the parser of the CheXpert label coding (`1.0` / `0.0` / `-1.0` / empty). Their
+errors are `radixpert.errors.ReaderError`, whose message names the file and the field.
 """
 
 from __future__ import annotations
@@ -16,13 +16,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from radixpert.data.study import OBSERVATIONS
+from radixpert.errors import ReaderError
 
-__all__ = ["OBSERVATIONS", "ReaderError", "iter_csv", "parse_label", "require_columns"]
-
-
-class ReaderError(ValueError):
-    """A dataset file that is missing or broken; the message names the file and the field."""
+__all__ = ["iter_csv", "parse_label", "require_columns"]
 
 
 @contextmanager

@@ -21,10 +21,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from radixpert.data.readers import OBSERVATIONS, ReaderError, iter_csv, parse_label
+from radixpert.data.readers import iter_csv, parse_label
 from radixpert.data.splits import normalise_split
 from radixpert.data.study import Image, Study
 from radixpert.data.templates import report_from_labels
+from radixpert.errors import ReaderError
+from radixpert.vocab import OBSERVATIONS
 
 log = logging.getLogger(__name__)
 

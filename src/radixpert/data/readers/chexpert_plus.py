@@ -18,8 +18,10 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-from radixpert.data.readers import ReaderError, iter_csv
-from radixpert.data.study import OBSERVATIONS, Image, Study
+from radixpert.data.readers import iter_csv
+from radixpert.data.study import Image, Study
+from radixpert.errors import ReaderError
+from radixpert.vocab import OBSERVATIONS
 
 REQUIRED = ("path_to_image", "frontal_lateral", "ap_pa", "deid_patient_id", "report",
             "section_findings", "section_impression", "split")  # fmt: skip

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from radixpert.data.readers import ReaderError, iter_csv
+from radixpert.data.readers import iter_csv
 from radixpert.data.study import Box, Image, Study
+from radixpert.errors import ReaderError
 
 SPLITS = {"train": "train", "valid": "validate", "test": "test"}
 

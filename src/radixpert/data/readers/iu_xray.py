@@ -28,9 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from radixpert.data.readers import ReaderError
 from radixpert.data.splits import normalise_split
 from radixpert.data.study import Image, Study
+from radixpert.errors import ReaderError
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Any labelled-image CSV a user maps to the 14 CheXpert observations (e.g. NIH ChestX-ray14).
 
-    radixpert data prepare labelled-csv --root data/nih --option csv=labels.csv \\
-        --option path_column=Image --option patient_column=PatientID \\
-        --option "map=Effusion:Pleural Effusion;Mass:Lung Lesion;Nodule:Lung Lesion"
+    radixpert data prepare labelled-csv --root data/nih -o nih.jsonl csv=labels.csv \\
+        path_column=Image patient_column=PatientID \\
+        "map=Effusion:Pleural Effusion;Mass:Lung Lesion;Nodule:Lung Lesion"
 
 Each row is one image and one Study. `map` names, for each CSV column used, the observation it
 feeds (`column:Observation;...`; a column named exactly like an observation maps itself).
@@ -18,8 +18,10 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from radixpert.data.readers import ReaderError, iter_csv, parse_label
-from radixpert.data.study import OBSERVATIONS, Image, Study
+from radixpert.data.readers import iter_csv, parse_label
+from radixpert.data.study import Image, Study
+from radixpert.errors import ReaderError
+from radixpert.vocab import OBSERVATIONS
 
 _RANK = {1: 3, -1: 2, 0: 1, None: 0}  # positive > uncertain > negative > not mentioned
 
@@ -61,7 +63,9 @@ def read(
         if first:  # columns named like an observation map themselves
             mapping.update({c: c for c in row if c in OBSERVATIONS and c not in mapping})
             if not mapping:
-                raise ReaderError(f"{path}: no label column: give --option map=column:Observation")
+                raise ReaderError(
+                    f"{path}: no label column: give the option map=column:Observation"
+                )
             first = False
         where = f"{path}: line {line}"
         labels: dict[str, int | None] = {o: None for o in OBSERVATIONS}

@@ -24,9 +24,11 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from radixpert.data.readers import OBSERVATIONS, ReaderError, iter_csv, parse_label
+from radixpert.data.readers import iter_csv, parse_label
 from radixpert.data.reports import split_sections
 from radixpert.data.study import Image, Study
+from radixpert.errors import ReaderError
+from radixpert.vocab import OBSERVATIONS
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from radixpert.data.readers import ReaderError, iter_csv
+from radixpert.data.readers import iter_csv
 from radixpert.data.study import Box, Image, Study
+from radixpert.errors import ReaderError
 
 COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h",
            "image_width", "image_height", "split")  # fmt: skip

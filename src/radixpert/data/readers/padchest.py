@@ -25,8 +25,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from radixpert.data.readers import ReaderError, iter_csv
-from radixpert.data.study import OBSERVATIONS, Image, Study
+from radixpert.data.readers import iter_csv
+from radixpert.data.study import Image, Study
+from radixpert.errors import ReaderError
+from radixpert.vocab import OBSERVATIONS
 
 REQUIRED = ("ImageID", "ImageDir", "StudyID", "PatientID", "Projection", "Report", "Labels")
 

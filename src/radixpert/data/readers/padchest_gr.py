@@ -21,8 +21,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from radixpert.data.readers import ReaderError, iter_csv
+from radixpert.data.readers import iter_csv
 from radixpert.data.study import Box, Image, Study
+from radixpert.errors import ReaderError
 
 
 def _image_size(path: Path) -> tuple[int, int]:

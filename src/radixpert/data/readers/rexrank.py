@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from radixpert.data.readers import ReaderError
 from radixpert.data.study import Image, Study
+from radixpert.errors import ReaderError
 
 _CONTEXT = re.compile(
     r"(?is)^\s*(?:<context>)?(?P<pre>.*?)(?:indication:\s*(?P<ind>.*?))?"

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from radixpert.data.readers import ReaderError, iter_csv
+from radixpert.data.readers import iter_csv
 from radixpert.data.study import Image, Study
+from radixpert.errors import ReaderError
 
 SPLITS = {"train": "train", "valid": "validate", "test": "test"}
 _MODALITY_WORDS = (

@@ -23,8 +23,10 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from radixpert.data.readers import ReaderError, iter_csv
-from radixpert.data.study import OBSERVATIONS, Box, Image, Study
+from radixpert.data.readers import iter_csv
+from radixpert.data.study import Box, Image, Study
+from radixpert.errors import ReaderError
+from radixpert.vocab import OBSERVATIONS
 
 # VinDr finding (as in the CSVs) -> CheXpert observation; unmapped ones stay in `extra`.
 TO_CHEXPERT = {

@@ -37,22 +37,22 @@ from typing import Any
 import numpy as np
 
 from radixpert import weights
+from radixpert.errors import MetricUnavailable
 from radixpert.evaluate.base import (
     Metric,
     MetricResult,
-    MetricUnavailable,
     mean,
     package_versions,
     progress,
     resolve_device,
 )
 from radixpert.evaluate.cache import TextCache, file_sha256
-from radixpert.evaluate.clinical.label_f1 import OBSERVATIONS_14
+from radixpert.vocab import OBSERVATIONS
 
 log = logging.getLogger(__name__)
 
 # Head order of chexbert.pth (CheXbert src/constants.py CONDITIONS).
-CONDITIONS: tuple[str, ...] = (*OBSERVATIONS_14[1:], "No Finding")  # No Finding head last
+CONDITIONS: tuple[str, ...] = (*OBSERVATIONS[1:], "No Finding")  # No Finding head last
 # Class index of a head -> CheXpert value (label.py: 0 blank -> NaN, 3 -> -1, 2 -> 0).
 CLASS_VALUES: tuple[int | None, ...] = (None, 1, 0, -1)
 MAX_TOKENS = 512

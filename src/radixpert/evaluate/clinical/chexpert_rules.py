@@ -67,7 +67,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from radixpert.evaluate.clinical.label_f1 import OBSERVATIONS_14
+from radixpert.vocab import OBSERVATIONS
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,6 @@ LABELER_VERSION = "1.0"
 LABELER_NAME = f"radixpert rule-based CheXpert-style labeler v{LABELER_VERSION} (not CheXbert)"
 
 # The 14 observations in CheXpert's column order; one definition shared with the F1 scoring.
-OBSERVATIONS: tuple[str, ...] = OBSERVATIONS_14
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 
@@ -910,7 +909,7 @@ def write_label_csv(
         ValueError: `ids` and `labels` differ in length, or a value is not 1, 0, -1 or None
             (the existing file, if any, is left as it was).
     """
-    from radixpert.evaluate.io import atomic_write
+    from radixpert.io import atomic_write
 
     if len(ids) != len(labels):
         raise ValueError(f"{len(ids)} ids but {len(labels)} label rows")

@@ -33,30 +33,7 @@ from typing import Any
 import numpy as np
 
 from radixpert.evaluate.base import MetricResult
-
-OBSERVATIONS_14: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-OBSERVATIONS_5: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Pleural Effusion",
-)
+from radixpert.vocab import OBSERVATIONS, OBSERVATIONS_5
 
 BINARISATIONS: dict[str, str] = {
     "": "uncertain as positive (f1chexbert 'rrg' mode): positive and uncertain -> 1, "
@@ -94,7 +71,7 @@ def _code(value: Any) -> int:
 
 
 def label_codes(
-    labels: Sequence[Mapping[str, Any]], observations: Sequence[str] = OBSERVATIONS_14
+    labels: Sequence[Mapping[str, Any]], observations: Sequence[str] = OBSERVATIONS
 ) -> np.ndarray:
     """An (n_reports, n_observations) int8 matrix: 1, 0, -1, and 2 for blank / missing."""
     out = np.full((len(labels), len(observations)), _BLANK, dtype=np.int8)
@@ -106,7 +83,7 @@ def label_codes(
 
 def binarise(
     labels: Sequence[Mapping[str, Any]] | np.ndarray,
-    observations: Sequence[str] = OBSERVATIONS_14,
+    observations: Sequence[str] = OBSERVATIONS,
     uncertain_positive: bool = True,
 ) -> np.ndarray:
     """An (n_reports, n_observations) bool matrix of label dicts (missing keys are blank).
@@ -227,13 +204,13 @@ def label_f1_results(
     """
     if len(references) != len(candidates):
         raise ValueError(f"{len(references)} references but {len(candidates)} candidates")
-    ref_codes = label_codes(references, OBSERVATIONS_14)
-    cand_codes = label_codes(candidates, OBSERVATIONS_14)
-    columns_5 = [OBSERVATIONS_14.index(o) for o in OBSERVATIONS_5]
+    ref_codes = label_codes(references, OBSERVATIONS)
+    cand_codes = label_codes(candidates, OBSERVATIONS)
+    columns_5 = [OBSERVATIONS.index(o) for o in OBSERVATIONS_5]
     results: list[MetricResult] = []
     for suffix, rule in BINARISATIONS.items():
         unc_pos = suffix == ""
-        for n_obs, observations in ((14, OBSERVATIONS_14), (5, OBSERVATIONS_5)):
+        for n_obs, observations in ((14, OBSERVATIONS), (5, OBSERVATIONS_5)):
             cols = list(range(14)) if n_obs == 14 else columns_5
             y_true = binarise(ref_codes[:, cols], observations, unc_pos)
             y_pred = binarise(cand_codes[:, cols], observations, unc_pos)

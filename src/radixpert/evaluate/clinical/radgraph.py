@@ -279,7 +279,7 @@ def resolve_backbone(original: str, backbone_dir: str | Path | None) -> tuple[st
     if isinstance(cached, str):
         return original, f"hub cache {original}"
     hint = (
-        f"`radixpert models pull {BACKBONE_WEIGHTS}`"
+        f"`radixpert weights pull {BACKBONE_WEIGHTS}`"
         if BACKBONE_WEIGHTS in weights.REGISTRY
         else "a folder with its config.json and vocab.txt (backbone_dir=...)"
     )

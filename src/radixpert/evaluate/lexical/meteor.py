@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from radixpert.evaluate.base import Metric, MetricResult, MetricUnavailable, package_versions
+from radixpert.errors import MetricUnavailable
+from radixpert.evaluate.base import Metric, MetricResult, package_versions
 from radixpert.evaluate.lexical.tokenize import _pycocoevalcap_dir, check_tokenizer, tokenize
 
 logger = logging.getLogger(__name__)

@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Any
 
 from radixpert import weights
+from radixpert.errors import MetricUnavailable
 from radixpert.evaluate.base import (
     Metric,
     MetricResult,
-    MetricUnavailable,
     mean,
     package_versions,
     progress,
