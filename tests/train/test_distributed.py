@@ -89,6 +89,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path) -> N
     one, two = tmp_path / "one", tmp_path / "two"
     _launch([sys.executable], data_root, one, batch_size=4)
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG)]
+    accelerate += ["--main_process_port", "0"]  # a free port: parallel runs do not collide
     _launch(accelerate, data_root, two, batch_size=2)
 
     losses_one = json.loads((one / "losses.json").read_text())
