@@ -83,6 +83,7 @@ def test_open_clip_with_timm_vision_and_hf_text_tower(tmp_path: Path) -> None:
     with torch.no_grad():
         image_features, text_features, logit_scale = model(images, texts)
     assert image_features.shape == text_features.shape == (2, 16)
+    assert float(logit_scale) == pytest.approx(1 / 0.07)  # CLIP's initial temperature
     assert torch.allclose(image_features.norm(dim=-1), torch.ones(2), atol=1e-5)
     again = open_clip.create_model("tiny-biomedclip", pretrained=None).eval()
     again.load_state_dict(_round_trip(model, tmp_path / "clip.safetensors"))
