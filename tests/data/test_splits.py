@@ -95,6 +95,7 @@ def test_inputs_not_modified():
     assert all(s.split == "" for s in studies)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fractions", [(0.8, 0.1, 0.1), (0.7, 0.15, 0.15), (0.9, 0.1, 0.0)])
 def test_fractions_within_tolerance_10000_studies(fractions):
     studies = make_studies(10_000, 3_000, seed=1)
@@ -139,6 +140,7 @@ def _rate_deviation(studies: list[Study], out: list[Study]) -> float:
     return max(gaps)
 
 
+@pytest.mark.slow
 def test_stratification_keeps_positive_rates_close():
     # Patients with several studies make labels and patient size correlate, as in real data.
     studies = make_studies(10_000, 6_000, seed=2, positive_rate=0.1)

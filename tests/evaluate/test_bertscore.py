@@ -79,6 +79,7 @@ def _package_score(folder, refs, cands, **kw):
     return p.tolist(), r.tolist(), f.tolist()
 
 
+@pytest.mark.slow
 def test_equals_bert_score_package(model_dir, package_dir, fresh_home):
     metric = bs.BertScore(model_dir=model_dir, device="cpu")
     result = metric.compute(REFS, CANDS)
@@ -100,6 +101,7 @@ def test_equals_bert_score_package(model_dir, package_dir, fresh_home):
     assert s["baseline_prf"][2] == pytest.approx(B_F)
 
 
+@pytest.mark.slow
 def test_idf_equals_bert_score_package(model_dir, package_dir, fresh_home):
     from bert_score.utils import get_idf_dict
     from transformers import AutoTokenizer
@@ -119,6 +121,7 @@ def test_idf_equals_bert_score_package(model_dir, package_dir, fresh_home):
     assert ours[10**6] == pytest.approx(math.log(len(refs) + 1))  # a token in no reference
 
 
+@pytest.mark.slow
 def test_tokenizer_files_in_the_folder_do_not_change_scores(model_dir, tmp_path, fresh_home):
     # A folder may also hold tokenizer.json / tokenizer_config.json (without prefix space,
     # without a length limit): the loader must still give bert-score's tokenisation.
@@ -134,6 +137,7 @@ def test_tokenizer_files_in_the_folder_do_not_change_scores(model_dir, tmp_path,
     assert other.per_sample == plain.per_sample
 
 
+@pytest.mark.slow
 def test_pair_score_does_not_depend_on_the_batch(model_dir, fresh_home):
     metric = bs.BertScore(model_dir=model_dir, batch_size=3, cache=False)
     together = metric.compute(REFS, CANDS).per_sample
@@ -185,6 +189,7 @@ def test_missing_weights_name_files_and_pull_command(tmp_path, fresh_home, monke
     assert str(fresh_home / "models" / "distilroberta-base") in bs.BertScore().check()
 
 
+@pytest.mark.slow
 def test_weights_folder_from_environment(model_dir, fresh_home, monkeypatch):
     monkeypatch.setenv("RADIXPERT_WEIGHTS_DISTILROBERTA_BASE", str(model_dir))
     metric = registry.create("bertscore", device="cpu")
@@ -196,6 +201,7 @@ def test_weights_folder_from_environment(model_dir, fresh_home, monkeypatch):
         metric.compute(REFS[:2], CANDS[:1])
 
 
+@pytest.mark.slow
 def test_idf_from_one_reference_degenerates_as_documented(model_dir, fresh_home):
     # With one reference every token it holds gets idf log(2/2) = 0: an exact match has
     # all-zero weights, precision and recall 0/0 and F1 0, i.e. about -5.55 rescaled.

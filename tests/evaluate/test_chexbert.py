@@ -153,6 +153,7 @@ def test_label_values_follow_label_py():
         cb.labels_to_values([0] * 13)
 
 
+@pytest.mark.slow
 def test_labels_and_semb_match_a_plain_forward_pass(bert_dir, chexbert_dir, fresh_home):
     classes, vectors = _reference_forward(bert_dir, chexbert_dir, REFS + CANDS)
     labeler = cb.CheXbertF1(chexbert_dir=chexbert_dir, bert_dir=bert_dir, batch_size=3)
@@ -172,6 +173,7 @@ def test_labels_and_semb_match_a_plain_forward_pass(bert_dir, chexbert_dir, fres
     assert len(result.settings["checkpoint_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_runs_are_identical(bert_dir, chexbert_dir, fresh_home, monkeypatch):
     kw = {"chexbert_dir": chexbert_dir, "bert_dir": bert_dir, "batch_size": 2}
     uncached = cb.SembScore(cache=False, **kw).compute(REFS, CANDS)
@@ -190,6 +192,7 @@ def test_cached_and_uncached_runs_are_identical(bert_dir, chexbert_dir, fresh_ho
         cb.SembScore(cache=False, **kw).compute(REFS, CANDS)
 
 
+@pytest.mark.slow
 def test_batching_does_not_change_outputs(bert_dir, chexbert_dir, fresh_home):
     texts = REFS + CANDS
     one = cb.CheXbertEncoder(chexbert_dir, bert_dir, batch_size=1).encode(texts, cache=False)

@@ -58,6 +58,7 @@ def weights_env(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_rexrank_metrics_through_the_cli(weights_env, tmp_path, monkeypatch, capsys):
     for name, folder in weights_env.items():
         monkeypatch.setenv(f"RADIXPERT_WEIGHTS_{name}", str(folder))

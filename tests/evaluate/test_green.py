@@ -206,6 +206,7 @@ def tiny(tmp_path_factory):
     return build_tiny_green(tmp_path_factory.mktemp("green") / "green-radllama2-7b")
 
 
+@pytest.mark.slow
 def test_tiny_model_output_is_counted_as_unparsable(tiny, monkeypatch):
     m = g.Green(model_dir=tiny, device="cpu", batch_size=2, max_new_tokens=6)
     refs = ["No acute process.", "Small left pleural effusion.", "No acute process."]

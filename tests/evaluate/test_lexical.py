@@ -184,6 +184,7 @@ def test_unknown_tokenizer():
     assert "unknown tokenizer" in CorpusBleu(tokenizer="spacy").check()
 
 
+@pytest.mark.slow
 @needs_java
 def test_ptb_tokenizer_matches_pycocoevalcap_and_basic():
     pytest.importorskip("pycocoevalcap")
@@ -400,6 +401,7 @@ def test_meteor_check_names_what_is_missing(monkeypatch):
     assert reason and ("meteor-1.5.jar" in reason or "pycocoevalcap" in reason)
 
 
+@pytest.mark.slow
 @needs_java
 def test_meteor_matches_pycocoevalcap():
     pytest.importorskip("pycocoevalcap")

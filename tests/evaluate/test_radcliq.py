@@ -184,6 +184,7 @@ def test_check_names_missing_weights_of_sub_metrics(tmp_path, fake_bleu):
     assert reason is not None and "radixpert weights pull distilroberta-base" in reason
 
 
+@pytest.mark.slow
 def test_with_tiny_bertscore_and_chexbert(tmp_path, monkeypatch, fake_bleu):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

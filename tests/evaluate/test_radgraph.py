@@ -131,6 +131,7 @@ def metric(tiny, **kw) -> rg.RadGraphF1:
     return rg.RadGraphF1(backbone_dir=tiny["backbone"], device="cpu", **kw)
 
 
+@pytest.mark.slow
 def test_tiny_archive_end_to_end(tiny):
     m = metric(tiny, batch_size=2)
     res = m.compute(REFS, CANDS)
@@ -163,6 +164,7 @@ def test_tiny_archive_end_to_end(tiny):
     assert res.versions["radgraph"] == "0.1.18"
 
 
+@pytest.mark.slow
 def test_agrees_with_the_package_f1radgraph(tiny):
     """Our rewards equal radgraph.F1RadGraph's on the same extracted model."""
     import contextlib
@@ -207,6 +209,7 @@ def test_cache_and_single_extraction(tiny):
     )
 
 
+@pytest.mark.slow
 def test_xl_partial_variant_through_the_registry(tiny):
     m = registry.create(
         "radgraph-xl-partial",

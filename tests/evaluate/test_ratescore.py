@@ -116,6 +116,7 @@ CANDS = [
 ]
 
 
+@pytest.mark.slow
 def test_agrees_with_the_package_compute_score(tiny):
     from RaTEScore import RaTEScore
 

@@ -137,6 +137,7 @@ def _logits_and_generation(model: Any, proc: RadProcessor) -> tuple[torch.Tensor
     return logits, generated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("connector", "adapters"), [("mlp", "separate"), ("mlp", "merged"), ("hcf", "separate")]
 )
@@ -167,6 +168,7 @@ def test_bundle_round_trip(tokenizer: Any, tmp_path: Path, connector: str, adapt
     assert torch.equal(generated, new_generated)
 
 
+@pytest.mark.slow
 def test_bundle_overwrite_is_atomic_and_export_merged(tokenizer: Any, tmp_path: Path) -> None:
     from transformers import LlavaForConditionalGeneration
 

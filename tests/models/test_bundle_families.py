@@ -153,6 +153,7 @@ def _logits_and_generation(model: Any, proc: RadProcessor) -> tuple[torch.Tensor
     return logits, generated
 
 
+@pytest.mark.slow
 def test_mllama_processor(tokenizers: dict[str, Any]) -> None:
     model, proc = _pair("mllama", tokenizers, lora=False)
     assert (proc.config.template, proc.config.image_token) == ("llama3", "<|image|>")
@@ -215,6 +216,7 @@ def test_radscribe_processor(tokenizers: dict[str, Any]) -> None:
     assert "labels" not in prompt_batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("family", "lora", "adapters"),
     [
@@ -259,6 +261,7 @@ def test_bundle_round_trip(
     assert torch.equal(generated, new_generated)
 
 
+@pytest.mark.slow
 def test_radscribe_lora_bundle_and_export(tokenizers: dict[str, Any], tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
@@ -285,6 +288,7 @@ def test_radscribe_lora_bundle_and_export(tokenizers: dict[str, Any], tmp_path: 
     )
 
 
+@pytest.mark.slow
 def test_mllama_export_merged_loads_with_transformers(
     tokenizers: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -299,6 +303,7 @@ def test_mllama_export_merged_loads_with_transformers(
     torch.testing.assert_close(new_logits, logits, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mllama_processor_pads_missing_images(tokenizers: dict[str, Any]) -> None:
     model, proc = _pair("mllama", tokenizers, lora=False)
     conversations = [

@@ -41,6 +41,7 @@ def _targets() -> torch.Tensor:
     return target
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["vit", "resnet"])
 @pytest.mark.parametrize("label_branch", [True, False])
 def test_forward_shapes_and_finite_loss(backbone: str, label_branch: bool) -> None:
@@ -65,6 +66,7 @@ def test_forward_shapes_and_finite_loss(backbone: str, label_branch: bool) -> No
         torch.testing.assert_close(out.loss, out.lm_loss)
 
 
+@pytest.mark.slow
 def test_empty_prompt_and_no_text() -> None:
     model = tiny_encoder_decoder("vit", label_branch=False).eval()
     batch = _batch()
@@ -106,6 +108,7 @@ def test_decoder_width_differs_from_joint_width() -> None:
     assert out.memory.shape[-1] == 16 and torch.isfinite(out.loss)
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_then_save_reload_is_identical(tmp_path) -> None:
     torch.manual_seed(0)
     model = tiny_encoder_decoder("vit", label_branch=True)

@@ -188,6 +188,7 @@ def test_build_llava_rejects_bad_settings() -> None:
         build_llava(vision, text, "hcf", hcf_layers=[2, 5], image_token_index=63)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connector", ["mlp", "hcf"])
 def test_train_step_save_reload_generate(connector: str, tmp_path) -> None:
     model = _model(connector)

@@ -97,6 +97,7 @@ def test_build_mllama_rejects_bad_settings() -> None:
         build_mllama(tiny_mllama_config(), hcf={"layers": [0]})
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_plain_mllama_equals_transformers() -> None:
     model = _mllama(False).eval()
@@ -144,6 +145,7 @@ def test_hcf_does_not_read_the_answer() -> None:
     torch.testing.assert_close(model.last_gate_weights, before, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hcf", [False, True])
 def test_mllama_training_step(hcf: bool) -> None:
     model = _mllama(hcf)
@@ -156,6 +158,7 @@ def test_mllama_training_step(hcf: bool) -> None:
     assert model(**batch).loss < loss
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_hcf_mllama_save_reload_logits_and_generation(tmp_path) -> None:
     model = _mllama(True).eval()
@@ -209,6 +212,7 @@ def test_build_onevision_rejects_token_outside_vocab() -> None:
         build_onevision(config)
 
 
+@pytest.mark.slow
 def test_onevision_train_save_reload_generate(tmp_path) -> None:
     model = _onevision()
     batch, prompt_end = _onevision_batch(model)
@@ -235,6 +239,7 @@ def test_onevision_train_save_reload_generate(tmp_path) -> None:
         assert torch.equal(tokens, reloaded.generate(**prompt, **kwargs))
 
 
+@pytest.mark.slow
 def test_onevision_trainability_gradients_only_where_allowed() -> None:
     model = _onevision()
     batch, _ = _onevision_batch(model)
@@ -262,6 +267,7 @@ def test_onevision_trainability_gradients_only_where_allowed() -> None:
     assert all(seen.values())
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_hcf_base_model_forward_and_single_level() -> None:
     model = _mllama(True).eval()

@@ -166,6 +166,7 @@ def _logits(model, inputs) -> torch.Tensor:
         return model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"]).logits
 
 
+@pytest.mark.slow
 def test_stage_transitions_keep_logits_and_change_rank():
     inputs = batch()
     model = tiny_llava()

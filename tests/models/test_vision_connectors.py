@@ -30,6 +30,7 @@ def _tower(kind: str, **kwargs) -> VisionTower:
     return build_vision_tower(kind, tiny_vision_config(kind), **kwargs).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_tower_depths_and_shapes(kind: str) -> None:
     tower = _tower(kind)

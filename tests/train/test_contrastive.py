@@ -112,6 +112,7 @@ def _lora(model: Any) -> Any:
     return apply_trainability(model, components, LLAVA_COMPONENTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connector", ["mlp", "hcf"])
 def test_feature_shapes_wrappers_and_padding(connector: str) -> None:
     torch.manual_seed(0)
@@ -194,6 +195,7 @@ def test_contrastive_batch_layout(tmp_path: Path) -> None:
         contrastive_batch(processor, ["x", "y"], ["no effusion"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connector", ["mlp", "hcf"])
 def test_training_tower_retrieves_reports_and_leaves_lm_untouched(
     tmp_path: Path, connector: str

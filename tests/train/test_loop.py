@@ -136,6 +136,7 @@ def test_length_grouped_batches_cover_every_example_and_repeat() -> None:
         assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_losses(data_root: Path, tmp_path: Path) -> None:
     full = run_training(data_root, tmp_path / "full")
     assert full["steps"] == STEPS and full["resumed_from"] == 0
@@ -182,6 +183,7 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(data_root: Path, tmp_pat
     assert again["losses"] == [] and again["final_loss"] == pytest.approx(full["final_loss"])
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_a_fixed_batch(data_root: Path, tmp_path: Path) -> None:
     _deterministic()
     model, processor, convs = _setup(data_root)

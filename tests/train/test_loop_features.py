@@ -32,6 +32,7 @@ def _full(**changes: object) -> object:
     return _stage(**settings)
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_after_patience_and_restores_the_best(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -101,6 +102,7 @@ def test_unknown_early_stopping_metric_is_named(data_root: Path, tmp_path: Path)
         )
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_loss_lr_gate_and_validation(data_root: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -131,6 +133,7 @@ def test_tensorboard_gets_loss_lr_gate_and_validation(data_root: Path, tmp_path:
     assert sum(gates) == pytest.approx(1.0, abs=1e-5)  # softmax over the levels
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_losses(data_root: Path, tmp_path: Path) -> None:
     runs, enabled = [], []
     for flag in (False, True):

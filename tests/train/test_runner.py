@@ -98,6 +98,7 @@ def test_every_shipped_recipe_starts_at_tiny_size(
     assert run["final_bundle"] == summary["final_bundle"]
 
 
+@pytest.mark.slow
 def test_msa_lora_ranks_follow_the_stages(data_root: Path, tmp_path: Path) -> None:
     """Stage k's adapter has the stage's rank; the previous adapter is merged, not lost."""
     recipe = _tiny("msa_lora", data_root, steps=2)
@@ -110,6 +111,7 @@ def test_msa_lora_ranks_follow_the_stages(data_root: Path, tmp_path: Path) -> No
     assert summary["stages"]["stage3"]["steps"] == 2
 
 
+@pytest.mark.slow
 def test_finished_stages_are_skipped_and_only_runs_named_stages(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -166,6 +168,7 @@ def test_cli_train_reports_a_bad_key(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "shipped recipes" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_metric_is_computed_on_generated_reports(data_root: Path, tmp_path: Path) -> None:
     recipe = load_recipe(
         shipped_recipes_dir() / "demo.yaml",
