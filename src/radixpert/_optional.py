@@ -11,9 +11,13 @@ import shutil
 
 from radixpert.errors import MissingDependency
 
-# import name -> (pip requirement, the extra that carries it)
+# import name -> (pip requirement, the extra that carries it). The versions the project tests
+# are the lock's (requirements.lock.txt); the ranges are pyproject.toml's.
 PACKAGES: dict[str, tuple[str, str]] = {
-    "torch": ("torch==2.13.0", "metrics"),
+    "torch": ("torch", "models"),
+    "torchvision": ("torchvision", "models"),
+    "open_clip": ("open_clip_torch", "models"),
+    "timm": ("timm", "models"),
     "transformers": ("transformers", "metrics"),
     "huggingface_hub": ("huggingface_hub", "metrics"),
     "bert_score": ("bert-score==0.3.13", "metrics"),
@@ -24,7 +28,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "metrics"),
     "pandas": ("pandas", "metrics"),
     "sentencepiece": ("sentencepiece", "metrics"),
-    "peft": ("peft==0.21.2", "models"),
+    "peft": ("peft", "models"),
     "bitsandbytes": ("bitsandbytes", "models"),
     "yaml": ("pyyaml", "train"),
     "accelerate": ("accelerate", "train"),
