@@ -646,9 +646,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         frame = traceback.extract_tb(e.__traceback__)[-1]
+        message = (str(e).splitlines() or [""])[0]  # one line, whatever the exception says
         print(
             f"radixpert {args.command}: internal error (a bug in radixpert): "
-            f"{type(e).__name__}: {e} [{Path(frame.filename).name}:{frame.lineno}]; "
+            f"{type(e).__name__}: {message} [{Path(frame.filename).name}:{frame.lineno}]; "
             f"`radixpert --verbose {args.command} ...` shows the traceback; please report it",
             file=sys.stderr,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -82,7 +83,13 @@ def test_config_loads_with_documented_topology(path: Path) -> None:
 def test_multinode_config_names_the_main_process() -> None:
     config = _load("ddp_multinode")
     assert config.main_process_ip and config.main_process_port == 29500
-    env = _launch_env(["--config_file", str(CONFIGS / "ddp_multinode.yaml")])
+    # accelerate refuses a main port in use on this machine: take a free one for the check.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = _launch_env(
+        ["--config_file", str(CONFIGS / "ddp_multinode.yaml"), "--main_process_port", port]
+    )
     assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
 
 
