@@ -478,8 +478,9 @@ def _run_config(args: argparse.Namespace) -> int:
         for f in sorted(configs_dir(kind).glob("*.yaml"))
     }
     if args.config_cmd == "list":
+        width = max(map(len, shipped))
         for name, f in shipped.items():
-            print(f"{name:<24} {f}")
+            print(f"{name:<{width}}  {f}")
         return 0
     name = args.name.removesuffix(".yaml")
     if name not in shipped:
