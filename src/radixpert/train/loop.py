@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from radixpert.errors import UnknownName
+from radixpert.errors import UnknownName, UsageError
 from radixpert.instruct.conversation import images_and_turns
 from radixpert.io import write_bytes, write_json
 from radixpert.models.connectors import IGNORE_INDEX
@@ -417,9 +417,9 @@ def train_stage(
     world, rank = accelerator.num_processes, accelerator.process_index
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and world == 1:
-        raise RuntimeError(
+        raise UsageError(
             f"launched with WORLD_SIZE={launched} but accelerate runs one process; on CPU set "
-            "ACCELERATE_USE_CPU=true (see configs/accelerate/README.md)"
+            "ACCELERATE_USE_CPU=true (see `radixpert config path accelerate/cpu_ddp_2proc`)"
         )
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:  # DeepSpeed runs the step itself: give it the stage's settings

@@ -324,13 +324,17 @@ def run_recipe(
         ``final_bundle``.
     """
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from radixpert.models.bundle import load_bundle, save_bundle
     from radixpert.train.loop import train_stage
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = PartialState()
+    # As AcceleratorState does: PartialState alone ignores ACCELERATE_USE_CPU, and the state
+    # it makes first is the one every later Accelerator shares (a 2-process CPU launch would
+    # otherwise run as two single processes).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     names = [s.name for s in recipe.stages]
     for name in only or ():
         if name not in names:
