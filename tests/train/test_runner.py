@@ -51,6 +51,13 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _tiny(name: str, data_root: Path, steps: int = 1) -> object:
     path = shipped_recipes_dir() / f"{name}.yaml"
+    return load_recipe(path, overrides=_tiny_overrides(name, data_root, steps),
+                       data_root=str(data_root))  # fmt: skip
+
+
+def _tiny_overrides(name: str, data_root: Path, steps: int) -> list[str]:
+    """Overrides that turn shipped recipe ``name`` into a tiny run of ``steps`` per stage."""
+    path = shipped_recipes_dir() / f"{name}.yaml"
     raw = load_recipe(path, data_root=str(data_root))
     overrides = [f"model.size={TINY[name]}", "model.pretrained=null"]
     if raw.model.connector == "hcf" and TINY[name] == "tiny-llava":
@@ -69,7 +76,48 @@ def _tiny(name: str, data_root: Path, steps: int = 1) -> object:
         ]
         if stage.early_stopping is not None:
             overrides.append(f"stages.{i}.early_stopping=null")
-    return load_recipe(path, overrides=overrides, data_root=str(data_root))
+    return overrides
+
+
+@pytest.mark.slow
+def test_same_recipe_same_seed_same_model_in_two_processes(data_root: Path, tmp_path: Path) -> None:
+    """Two fresh runs of the demo recipe (random init, HCF, three LoRA stages), each in its own
+    process with its own hash seed, give equal losses and weights; another seed does not; a run
+    stopped between stages and started again ends as the uninterrupted one."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    def run(out: Path, hash_seed: str, *extra: str) -> tuple[list, dict]:
+        cmd = [sys.executable, "-m", "radixpert", "train", "demo", "--data-root", str(data_root),
+               "-o", str(out), "--log-with", "none", *_tiny_overrides("demo", data_root, 3),
+               *extra]  # fmt: skip
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        losses = [json.loads(p.read_text())["losses"] for p in sorted(out.glob("*/result.json"))]
+        bundle = sorted(out.glob("*/bundle"))[-1]
+        weights = {}
+        for f in sorted(bundle.rglob("*.safetensors")):
+            weights.update({f"{f.relative_to(bundle)}:{k}": v for k, v in load_file(f).items()})
+        return losses, weights
+
+    losses_a, weights_a = run(tmp_path / "a", "1")
+    losses_b, weights_b = run(tmp_path / "b", "2")
+    assert len(losses_a) == 6 and all(len(stage) == 3 for stage in losses_a)
+    assert losses_a == losses_b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    losses_c, _ = run(tmp_path / "c", "1", "seed=1")
+    assert losses_c[0] != losses_a[0]
+    # Stopped after two stages, then run again: the later stages start from the saved bundle
+    # with the same fresh adapters, so the losses are the uninterrupted run's.
+    run(tmp_path / "d", "3", "--stages", "see,foundation")
+    losses_d, weights_d = run(tmp_path / "d", "4")
+    assert losses_d == losses_a
+    assert all(torch.equal(weights_a[k], weights_d[k]) for k in weights_a)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@
     from radixpert.train.recipe import load_recipe
     from radixpert.train.runner import run_recipe
 
-    recipe = load_recipe("configs/recipes/demo.yaml", data_root="runs/demo/data")
+    recipe = load_recipe("demo", data_root="runs/demo/data")
     summary = run_recipe(recipe, "runs/demo/model")
     summary["final_bundle"]          # the last stage's model folder (radixpert.models.bundle)
 
@@ -31,11 +31,18 @@ checkpoint. The model is built from ``model.size`` (random weights: a tiny famil
 size or a named real size) or loaded from ``model.pretrained``; a model with random weights
 and no ``model.tokenizer`` gets tokenizers trained on the recipe's text
 (``radixpert.models.tokenizers``), saved in ``OUT/tokenizer``.
+
+Every random choice follows the recipe's ``seed``: the random-init weights and each stage's
+fresh adapters and connectors are drawn after seeding with ``stage_seed(seed, stage, ...)``,
+the task mixture and the batch order from ``seed`` itself, dropout from the RNGs seeded at the
+start of each stage (and restored exactly on resume). Two runs of one recipe give the same
+losses and weights, and a resumed run starts a stage as an uninterrupted one does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -293,6 +300,12 @@ def _report_metric(
     return compute
 
 
+def stage_seed(seed: int, index: int, purpose: str) -> int:
+    """A seed for one purpose of stage ``index`` of a run seeded with ``seed`` (32 bits)."""
+    digest = hashlib.sha256(f"radixpert.runner:{seed}:{index}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 def run_recipe(
     recipe: Recipe,
     out_dir: str | Path,
@@ -324,7 +337,7 @@ def run_recipe(
         ``final_bundle``.
     """
     from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
+    from accelerate.utils import parse_flag_from_env, set_seed
 
     from radixpert.models.bundle import load_bundle, save_bundle
     from radixpert.train.loop import train_stage
@@ -369,10 +382,14 @@ def run_recipe(
                 model, processor = load_bundle(last_bundle)
                 model.train()
             else:
+                set_seed(stage_seed(recipe.seed, index, "init"))  # random-init weights
                 with state.main_process_first():
                     model, processor = build_model(
                         recipe.model, out, partial(_corpus, recipe.stages[index:], recipe.seed)
                     )
+        # Fresh adapters and connectors of the stage: seeded by (seed, stage), so a run that
+        # resumes here from the previous bundle starts them as an uninterrupted run does.
+        set_seed(stage_seed(recipe.seed, index, "stage"))
         model = _apply_stage(model, stage)
         logger.info("stage %d/%d: %s", index + 1, len(recipe.stages), stage.name)
         metric_fn = None
