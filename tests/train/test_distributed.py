@@ -107,3 +107,32 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path) -> N
     # Two processes really ran: each wrote its own random state in the checkpoint.
     states = sorted(p.name for p in (two / "run" / "checkpoints").glob("*/random_states_*.pkl"))
     assert states == ["random_states_0.pkl", "random_states_1.pkl"]
+
+
+@pytest.mark.slow
+def test_a_shipped_recipe_runs_under_a_two_process_launch(tmp_path: Path) -> None:
+    """`accelerate launch ... -m radixpert train demo`: every stage of the demo recipe (HCF,
+    full training, LoRA 64/32/16) trains in two real processes and writes its bundle."""
+    from radixpert.data.phantoms import generate_phantoms
+    from tests.train.test_runner import _tiny_overrides
+
+    data_root = tmp_path / "data"
+    generate_phantoms(24, data_root / "phantoms", size=64)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
+           "--main_process_port", "0", "-m", "radixpert", "train", "demo", "--data-root",
+           str(data_root), "-o", str(out), "--log-with", "none",
+           *_tiny_overrides("demo", data_root, 2)]  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "true",
+    }
+    child = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-4000:]
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["stages"]) == 6 and all(r["steps"] == 2 for r in run["stages"].values())
+    assert Path(run["final_bundle"], "radixpert_bundle.json").is_file()
+    states = sorted(p.name for p in out.glob("*/train/checkpoints/*/random_states_*.pkl"))
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(states)

@@ -373,7 +373,7 @@ def train_stage(
     accumulation does not over-weight short answers.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from tqdm.auto import tqdm
 
     if stage.objective not in ("lm", "contrastive"):
@@ -408,11 +408,17 @@ def train_stage(
         contrastive = ContrastiveHead.for_model(_unwrap(model))
     if accelerator is None:
         trackers = list(log_with)
+        # A model can hold trainable parameters that a stage's loss never reaches (the vision
+        # tower's final LayerNorm when features come from hidden states, an HCF level or a
+        # head a task does not use): DDP must then look for them each step, as the
+        # transformers Trainer does by default. The loop's checkpointing is non-reentrant,
+        # which works with that search.
         accelerator = Accelerator(
             mixed_precision=stage.mixed_precision,
             gradient_accumulation_steps=stage.grad_accum,
             log_with=trackers or None,
             project_dir=str(out / "logs"),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
     world, rank = accelerator.num_processes, accelerator.process_index
     launched = int(os.environ.get("WORLD_SIZE", "1"))
