@@ -210,8 +210,12 @@ def _save(accelerator: Any, out_dir: Path, position: dict[str, Any], keep: int) 
     """Saves a checkpoint, points ``checkpoint.json`` at it, drops all but ``keep`` newest."""
     name = f"{CHECKPOINT_DIR}/step-{position['step']:06d}"
     path = out_dir / name
-    if path.exists():
+    # One process clears a stale folder of that step, and nobody writes into it before that:
+    # every process makes the folder in save_state, so a late rmtree by another process
+    # deleted what the first had begun to write (seen as a missing random_states_N.pkl).
+    if accelerator.is_main_process and path.exists():
         shutil.rmtree(path)
+    accelerator.wait_for_everyone()
     # Tied input/output embeddings make accelerate warn "Removed shared tensor ... while
     # saving" at every checkpoint; the weights are restored tied on load (the resume test
     # checks it), so that line is kept out of the progress output.
