@@ -25,8 +25,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[radixpert] installing the locked packages (requirements.lock.txt) and radixpert[all,test]" >&2
   pip_quiet() {
     # pip warns once per package about this machine's empty local index folders; keep only real messages.
+    # With pipefail the pipeline fails when pip does.
     "$venv/bin/python" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
-    return "${PIPESTATUS[0]}"
   }
   pip_quiet install -q --no-deps -r "$lock"
   pip_quiet install -q --no-deps --no-build-isolation -e "$root"
