@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 # A stray download must fail at once instead of hanging (tests never reach a hub).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# A hub cache of the session's own, set before transformers and huggingface_hub are imported
+# (they read HF_HOME at import): tests/hub writes tiny checkpoints there under their real ids,
+# and a developer's own cache is never read or written.
+if not os.environ.get("RADIXPERT_TEST_HF_HOME"):
+    os.environ["RADIXPERT_TEST_HF_HOME"] = tempfile.mkdtemp(prefix="radixpert-hf-home-")
+    atexit.register(shutil.rmtree, os.environ["RADIXPERT_TEST_HF_HOME"], ignore_errors=True)
+os.environ["HF_HOME"] = os.environ["RADIXPERT_TEST_HF_HOME"]
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
 
 
 @pytest.fixture(autouse=True)
@@ -17,3 +29,12 @@ def _radixpert_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "radixpert_home"
     monkeypatch.setenv("RADIXPERT_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def hub_checkpoint():
+    """``hub_checkpoint(repo_id)``: a tiny checkpoint of that hub repository in the session's
+    hub cache, loadable by its id offline (``tests/hub``); returns its snapshot folder."""
+    from tests.hub import hub_checkpoint as make
+
+    return make
