@@ -16,11 +16,13 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "CONNECTORS",
     "FAMILIES",
     "LABEL_VALUES",
     "LLM_TASKS",
     "OBSERVATIONS",
     "OBSERVATIONS_5",
+    "PARTS",
     "SIZES",
     "TASKS",
     "Size",
@@ -72,6 +74,25 @@ LLM_TASKS: tuple[str, ...] = ("conversation-llm",)
 
 FAMILIES: tuple[str, ...] = ("llava", "mllama", "llava_onevision", "radscribe")
 """Model families: LLaVA-style, Llama 3.2 Vision, LLaVA-OneVision, RadScribe encoder-decoder."""
+
+CONNECTORS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "llava": ("mlp", "hcf"),
+        "mllama": ("linear", "hcf"),
+        "llava_onevision": ("mlp",),
+        "radscribe": (),
+    }
+)
+"""Per family, the connectors it can have; the first is the family's own (its checkpoints')."""
+
+PARTS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "llava": ("vision", "language"),
+        "radscribe": ("backbone", "joint", "decoder"),
+    }
+)
+"""Per family, the pretrained parts a model can be assembled from (LLaVA-style: a vision
+encoder and a language model; RadScribe: an image backbone, a BERT and a T5)."""
 
 
 @dataclass(frozen=True)

@@ -57,38 +57,14 @@ def _is_peft(model: Any) -> bool:
 
 
 def _describe(model: Any) -> tuple[str, str | None]:
-    """(family, connector) of a model, unwrapping peft.
+    """(family, connector) of a model, unwrapping peft (``families.family_of``/``connector_of``).
 
-    llava: ``"mlp"`` or ``"hcf"``; mllama: ``"linear"`` (transformers' projector) or ``"hcf"``;
-    llava_onevision: ``"mlp"``; radscribe: the image backbone (``"vit"`` or ``"resnet"``).
+    Raises:
+        ValueError: For a model of no radixpert family.
     """
-    from transformers import (
-        LlavaForConditionalGeneration,
-        LlavaOnevisionForConditionalGeneration,
-        MllamaForConditionalGeneration,
-    )
+    from radixpert.models.families import connector_of, family_of
 
-    from radixpert.models.encoder_decoder import RadScribe
-    from radixpert.models.llava import HCFLlavaForConditionalGeneration
-    from radixpert.models.mllama import HCFMllamaForConditionalGeneration
-
-    base = model.get_base_model() if _is_peft(model) else model
-    if isinstance(base, HCFLlavaForConditionalGeneration):
-        return "llava", "hcf"
-    if isinstance(base, LlavaForConditionalGeneration):
-        return "llava", "mlp"
-    if isinstance(base, HCFMllamaForConditionalGeneration):
-        return "mllama", "hcf"
-    if isinstance(base, MllamaForConditionalGeneration):
-        return "mllama", "linear"
-    if isinstance(base, LlavaOnevisionForConditionalGeneration):
-        return "llava_onevision", "mlp"
-    if isinstance(base, RadScribe):
-        return "radscribe", base.image_backbone
-    raise ValueError(
-        f"save_bundle supports the families {FAMILIES}; got {type(base).__name__} "
-        "(save it with its own save_pretrained)"
-    )
+    return family_of(model), connector_of(model)
 
 
 def _save_separate(model: Any, family: str, tmp: Path) -> None:
@@ -103,26 +79,10 @@ def _save_separate(model: Any, family: str, tmp: Path) -> None:
 
 
 def _load_base(family: str, path: Path, **kwargs: Any) -> Any:
-    """The family's base model from a bundle directory."""
-    if family == "llava":
-        from radixpert.models.llava import load_llava
+    """The family's base model from a bundle directory (``families.load_saved``)."""
+    from radixpert.models.families import load_saved
 
-        return load_llava(path, **kwargs)
-    if family == "mllama":
-        from radixpert.models.mllama import load_mllama
-
-        return load_mllama(path, **kwargs)
-    if family == "llava_onevision":
-        from transformers import LlavaOnevisionForConditionalGeneration
-
-        return LlavaOnevisionForConditionalGeneration.from_pretrained(path, **kwargs)
-    from radixpert.models.encoder_decoder import RadScribe
-
-    dtype = kwargs.pop("dtype", None)
-    if kwargs:
-        raise ValueError(f"RadScribe bundles take only dtype, got {sorted(kwargs)}")
-    model = RadScribe.from_pretrained(path)
-    return model if dtype is None else model.to(dtype)
+    return load_saved(family, path, **kwargs)
 
 
 def _versions() -> dict[str, str | None]:

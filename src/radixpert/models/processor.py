@@ -58,7 +58,8 @@ VICUNA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
-TEMPLATES: tuple[str, ...] = ("vicuna", "llama3")
+TEMPLATES: tuple[str, ...] = ("vicuna", "llama3", "native")
+IMAGE_TRANSFORMS: tuple[str, ...] = ("letterbox", "native")
 MLLAMA_IMAGE_TOKEN = "<|image|>"
 DECODER_TOKENIZER_DIR = "decoder_tokenizer"
 
@@ -101,6 +102,17 @@ class ProcessorConfig:
             ``"radscribe"`` (prompt ids for the joint encoder, report labels for the decoder).
         max_num_tiles: Mllama's tiles per image (the image fills tile 0, the rest are zero).
         grid_pinpoint: OneVision's (height, width) grid the letterboxed image is tiled on.
+        image_transform: ``"letterbox"`` (the grayscale letterbox above) or ``"native"``: the
+            checkpoint's own image processor (``RadProcessor.image_processor``, saved as
+            ``preprocessor_config.json``) on the radiograph replicated to RGB: Llama 3.2
+            Vision's tiling, LLaVA's CLIP resize, crop and normalisation, ... (OneVision's is
+            given the image letterboxed to a square first, so every image has the same number
+            of image tokens).
+        chat_template: With ``template="native"``: the checkpoint's Jinja chat template,
+            rendered with the tokenizer's ``apply_chat_template``.
+        chat_content: How a native template wants a user turn: ``"parts"`` (a list of
+            ``{"type": "image"}`` / ``{"type": "text"}`` items, the processors' templates) or
+            ``"text"`` (a string with the image placeholder in it, text-model templates).
     """
 
     image_size: int
@@ -116,8 +128,19 @@ class ProcessorConfig:
     family: str = "llava"
     max_num_tiles: int = 4
     grid_pinpoint: list[int] | None = None
+    image_transform: str = "letterbox"
+    chat_template: str | None = None
+    chat_content: str = "parts"
 
     def __post_init__(self) -> None:
+        if self.image_transform not in IMAGE_TRANSFORMS:
+            raise ValueError(
+                f"image_transform must be one of {IMAGE_TRANSFORMS}, got {self.image_transform!r}"
+            )
+        if (self.template == "native") != (self.chat_template is not None):
+            raise ValueError("template 'native' goes with a chat_template, and only it")
+        if self.chat_content not in ("parts", "text"):
+            raise ValueError(f"chat_content must be 'parts' or 'text', got {self.chat_content!r}")
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.channels not in (1, 3):
@@ -143,11 +166,18 @@ class RadProcessor:
     """
 
     def __init__(
-        self, tokenizer: Any, config: ProcessorConfig, decoder_tokenizer: Any = None
+        self,
+        tokenizer: Any,
+        config: ProcessorConfig,
+        decoder_tokenizer: Any = None,
+        image_processor: Any = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.config = config
         self.decoder_tokenizer = decoder_tokenizer
+        self.image_processor = image_processor
+        if (config.image_transform == "native") != (image_processor is not None):
+            raise ValueError("image_transform 'native' needs the checkpoint's image_processor")
         if config.family == "radscribe":
             if decoder_tokenizer is None:
                 raise ValueError("a radscribe processor needs a decoder_tokenizer")
@@ -165,6 +195,7 @@ class RadProcessor:
         tokenizer: Any,
         template: str | None = None,
         decoder_tokenizer: Any = None,
+        native: Any = None,
         **overrides: Any,
     ) -> RadProcessor:
         """Reads the image settings a model needs from its config.
@@ -176,11 +207,15 @@ class RadProcessor:
                 ``<|image|>``); for RadScribe the joint encoder's (prompt) tokenizer.
             template: Chat template; None picks by the family (Mllama: ``"llama3"``).
             decoder_tokenizer: RadScribe only: the decoder's (report) tokenizer.
+            native: The checkpoint's own HF processor (or image processor): its image
+                processor and chat template are used (``image_transform="native"``,
+                ``template="native"``) instead of the letterbox and the built-in templates.
             **overrides: Any ``ProcessorConfig`` field.
         """
-        if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        family = _family(model)
+        from radixpert.models.families import family_of, unwrap
+
+        model = unwrap(model)
+        family = family_of(model)
         if family == "radscribe":
             return cls._from_radscribe(model, tokenizer, decoder_tokenizer, overrides)
         config = model.config
@@ -212,8 +247,19 @@ class RadProcessor:
             settings["grid_pinpoint"] = [
                 int(v) for v in select_best_resolution((size, size), pinpoints)
             ]
+        image_processor = None
+        if native is not None:
+            image_processor = getattr(native, "image_processor", native)
+            settings.update(_native_settings(image_processor, family, settings))
+            chat_template = getattr(native, "chat_template", None)
+            content = "parts"
+            if not chat_template and getattr(tokenizer, "chat_template", None) and not template:
+                chat_template, content = tokenizer.chat_template, "text"
+            if chat_template and not template:
+                settings.update(template="native", chat_template=chat_template,
+                                chat_content=content)  # fmt: skip
         settings.update(overrides)
-        processor = cls(tokenizer, ProcessorConfig(**settings))
+        processor = cls(tokenizer, ProcessorConfig(**settings), image_processor=image_processor)
         if family == "llava_onevision" and "image_seq_length" not in overrides:
             from radixpert.models.onevision import image_token_count
 
@@ -264,9 +310,20 @@ class RadProcessor:
                 by luma), a PIL image, or a path.
         """
         arr = _as_gray(image)
+        if self.config.image_transform == "native":
+            return self._native_pixels(arr)["pixel_values"][0]
         size = self.config.image_size
         boxed, _ = resize_letterbox(arr, size, resample=self.config.resample)
         return self._normalise(boxed)
+
+    def _native_pixels(self, gray: np.ndarray, nested: bool = False) -> dict[str, Any]:
+        """The checkpoint's image processor on one grayscale image in [0, 1], replicated to
+        RGB as float (no 8-bit rounding of a 16-bit radiograph)."""
+        rgb = np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=-1).astype(np.float32)
+        images: Any = [[rgb]] if nested else [rgb]
+        return self.image_processor(
+            images=images, return_tensors="pt", do_rescale=False, input_data_format="channels_last"
+        )
 
     def _normalise(self, boxed: np.ndarray) -> torch.Tensor:
         """(H, W) in [0, 1] -> (channels, H, W) normalised."""
@@ -284,6 +341,9 @@ class RadProcessor:
         """
         size = self.config.image_size
         boxed, _ = resize_letterbox(_as_gray(image), size, resample=self.config.resample)
+        if self.config.image_transform == "native":
+            out = self._native_pixels(boxed)
+            return out["pixel_values"][0], out["image_sizes"][0].to(torch.long)
         grid_h, grid_w = self.config.grid_pinpoint or [size, size]
         grid, _ = resize_letterbox(boxed, (grid_h, grid_w), resample=self.config.resample)
         views = [self._normalise(boxed)]
@@ -301,6 +361,8 @@ class RadProcessor:
         turns = _turns(conversation)
         tok = self.tokenizer
         pieces: list[tuple[str, bool]] = []
+        if self.config.template == "native":
+            return self._native_segments(turns, add_generation_prompt)
         if self.config.template == "vicuna":
             eos = tok.eos_token or "</s>"
             system = self.config.system if self.config.system is not None else VICUNA_SYSTEM
@@ -326,6 +388,76 @@ class RadProcessor:
             raise ValueError("conversation ends with a human turn: use add_generation_prompt")
         if add_generation_prompt and not open_prompt:
             raise ValueError("add_generation_prompt needs a conversation ending with a human turn")
+        return pieces
+
+    def _messages(self, turns: Sequence[Turn]) -> list[dict[str, Any]]:
+        """ShareGPT turns as chat-template messages (system prompt first, if one is set)."""
+        messages: list[dict[str, Any]] = []
+        if self.config.system:
+            messages.append({"role": "system", "content": self.config.system})
+        for turn in turns:
+            role = "user" if turn["from"] == "human" else "assistant"
+            text = turn["value"]
+            content: Any
+            if self.config.chat_content == "text":
+                content = text
+            elif role == "assistant":
+                content = [{"type": "text", "text": text}]
+            else:
+                content = []
+                for i, part in enumerate(text.split(self.config.image_token)):
+                    if i:
+                        content.append({"type": "image"})
+                    if part.strip():
+                        content.append({"type": "text", "text": part.strip("\n")})
+            messages.append({"role": role, "content": content})
+        return messages
+
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages,
+            chat_template=self.config.chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def _native_segments(
+        self, turns: Sequence[Turn], add_generation_prompt: bool
+    ) -> list[tuple[str, bool]]:
+        """(text, is_target) pieces from the checkpoint's own chat template.
+
+        Each answer is what rendering the conversation up to and including it adds to the
+        rendering up to the open assistant turn before it (``add_generation_prompt``), so the
+        targets are exactly the answers and the template's end-of-turn markup after them.
+        """
+        open_prompt = turns[-1]["from"] == "human"
+        if open_prompt != add_generation_prompt:
+            raise ValueError(
+                "add_generation_prompt needs a conversation ending with a human turn, and a "
+                "training conversation must end with an answer"
+            )
+        messages = self._messages(turns)
+        offset = len(messages) - len(turns)
+        pieces: list[tuple[str, bool]] = []
+        done = ""
+        for i, turn in enumerate(turns):
+            if turn["from"] != "gpt":
+                continue
+            before = self._render(messages[: offset + i], True)
+            after = self._render(messages[: offset + i + 1], False)
+            if not before.startswith(done) or not after.startswith(before):
+                raise ValueError(
+                    "the checkpoint's chat template does not render a conversation as a "
+                    "prefix of its continuation; give model.preprocessing: letterbox and a "
+                    "built-in template"
+                )
+            pieces += [(before[len(done) :], False), (after[len(before) :], True)]
+            done = after
+        final = self._render(messages, add_generation_prompt)
+        if not final.startswith(done):
+            raise ValueError("the checkpoint's chat template is not prefix-stable")
+        if final[len(done) :]:
+            pieces.append((final[len(done) :], False))
         return pieces
 
     def _encode_text(self, text: str) -> list[int]:
@@ -460,11 +592,21 @@ class RadProcessor:
         for row, sample in enumerate(per_sample):
             positions = (input_ids[row] == self.image_token_id).nonzero().flatten().tolist()
             for k, image in enumerate(sample):
-                pixel_values[row, k, 0] = self.preprocess_image(image)
-                ratio_ids[row, k] = 1
+                used = 1
+                if self.config.image_transform == "native":
+                    # The checkpoint's tiling: the image over 1-4 tiles by its aspect ratio.
+                    out = self._native_pixels(_as_gray(image), nested=True)
+                    tiles_in = out["pixel_values"][0, 0]
+                    used = int(out["num_tiles"][0][0])
+                    pixel_values[row, k, : tiles_in.shape[0]] = tiles_in
+                    ratio_ids[row, k] = out["aspect_ratio_ids"][0, 0]
+                    ratio_mask[row, k] = out["aspect_ratio_mask"][0, 0, :tiles]
+                else:
+                    pixel_values[row, k, 0] = self.preprocess_image(image)
+                    ratio_ids[row, k] = 1
                 end = positions[k + 1] if k + 1 < len(positions) else length
                 if k < len(positions):  # truncated away by max_length otherwise
-                    cross[row, positions[k] : end, k, 0] = 1
+                    cross[row, positions[k] : end, k, :used] = 1
         return {
             "pixel_values": pixel_values,
             "aspect_ratio_ids": ratio_ids,
@@ -571,6 +713,8 @@ class RadProcessor:
         payload = {"format": "radixpert.processor", "format_version": 1, **asdict(self.config)}
         (path / PROCESSOR_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         self.tokenizer.save_pretrained(path)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(path)
         if self.decoder_tokenizer is not None:
             self.decoder_tokenizer.save_pretrained(path / DECODER_TOKENIZER_DIR)
 
@@ -591,21 +735,39 @@ class RadProcessor:
         decoder_tokenizer = None
         if (path / DECODER_TOKENIZER_DIR).is_dir():
             decoder_tokenizer = AutoTokenizer.from_pretrained(path / DECODER_TOKENIZER_DIR)
-        return cls(tokenizer, ProcessorConfig(**payload), decoder_tokenizer=decoder_tokenizer)
+        config = ProcessorConfig(**payload)
+        image_processor = None
+        if config.image_transform == "native":
+            from transformers import AutoImageProcessor
+
+            image_processor = AutoImageProcessor.from_pretrained(path)
+        return cls(tokenizer, config, decoder_tokenizer=decoder_tokenizer,
+                   image_processor=image_processor)  # fmt: skip
+
+
+def _native_settings(
+    image_processor: Any, family: str, settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Processor settings read from a checkpoint's image processor."""
+    size = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None)
+    side = settings["image_size"]
+    if isinstance(size, Mapping):
+        side = int(size.get("height") or size.get("shortest_edge") or side)
+    out: dict[str, Any] = {"image_transform": "native", "channels": 3, "image_size": side}
+    mean = getattr(image_processor, "image_mean", None)
+    std = getattr(image_processor, "image_std", None)
+    if mean is not None and std is not None:
+        out.update(image_mean=list(mean), image_std=list(std))
+    if family == "mllama":
+        out["max_num_tiles"] = int(getattr(image_processor, "max_image_tiles", 4))
+    return out
 
 
 def _family(model: Any) -> str:
-    """The processor family of a (peft-unwrapped) model."""
-    from radixpert.models.encoder_decoder import RadScribe
+    """The family of a (peft-unwrapped) model: ``radixpert.models.families.family_of``."""
+    from radixpert.models.families import family_of
 
-    if isinstance(model, RadScribe):
-        return "radscribe"
-    model_type = getattr(model.config, "model_type", "")
-    if model_type == "llava_onevision":
-        return "llava_onevision"
-    if model_type == "mllama" or "mllama" in model_type:
-        return "mllama"
-    return "llava"
+    return family_of(model)
 
 
 def _llama3_header(role: str) -> str:

@@ -98,11 +98,12 @@ def train_tokenizers(model: Any, texts: Sequence[str]) -> tuple[Any, Any]:
     Returns:
         ``(tokenizer, decoder_tokenizer)``; ``decoder_tokenizer`` is None but for RadScribe.
     """
-    from radixpert.models.processor import MLLAMA_IMAGE_TOKEN, _family
+    from radixpert.models.families import family_of
+    from radixpert.models.processor import MLLAMA_IMAGE_TOKEN
 
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
-    family = _family(model)
+    family = family_of(model)
     core = ["<pad>", "<s>", "</s>", "<unk>"]
     if family == "radscribe":
         configs = model.configs

@@ -70,12 +70,14 @@ MLLAMA_COMPONENTS: dict[str, Prefix] = {
 }
 
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL_LINEAR = "all-linear"
+_OUTPUT_HEADS = ("lm_head",)
 ADAPTER_NAME = "default"
 
 
 @dataclasses.dataclass(frozen=True)
 class ComponentSpec:
-    """How one component trains in a stage.
+    r"""How one component trains in a stage.
 
     Args:
         mode: "frozen" (no gradient), "lora" (base frozen, LoRA adapters trained) or "full".
@@ -83,8 +85,12 @@ class ComponentSpec:
         alpha: LoRA alpha. None means 2 * rank, so the LoRA scaling alpha / r stays 2 whatever
             the rank and a stage's learning rate keeps its meaning across rank changes.
         dropout: LoRA dropout (0.1 in MSA-LoRA).
-        target_modules: leaf names of the linear layers given adapters, looked for only inside
-            the component.
+        target_modules: which linear layers of the component get adapters, looked for only
+            inside the component: a tuple of leaf names (``("q_proj", "v_proj")``, the default
+            q/k/v/o), ``"all-linear"`` (every ``nn.Linear`` of the component, as peft's
+            ``all-linear``; the output head ``lm_head`` is left out, as peft does), or any other
+            string: a regular expression that must match the whole module path *below* the
+            component (``r"layers\.\d+\.self_attn\.(q|v)_proj"``).
         quantize: "4bit" asks for QLoRA (a 4-bit NF4 base under the adapters); needs a CUDA GPU
             and bitsandbytes, and the model loaded with `quantization_config()`.
     """
@@ -93,7 +99,7 @@ class ComponentSpec:
     rank: int = 64
     alpha: float | None = None
     dropout: float = 0.1
-    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    target_modules: tuple[str, ...] | str = DEFAULT_LORA_TARGETS
     quantize: Literal["4bit"] | None = None
 
     def __post_init__(self) -> None:
@@ -103,8 +109,18 @@ class ComponentSpec:
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        if isinstance(self.target_modules, str) or not self.target_modules:
-            raise ValueError("target_modules must be a non-empty tuple of module names")
+        if isinstance(self.target_modules, str):
+            if self.target_modules != ALL_LINEAR:
+                try:
+                    re.compile(self.target_modules)
+                except re.error as err:
+                    raise ValueError(
+                        f"target_modules: {self.target_modules!r} is not a regex: {err}"
+                    ) from err
+        elif not self.target_modules:
+            raise ValueError("target_modules must be names, 'all-linear' or a regex; got none")
+        else:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if self.quantize not in (None, "4bit"):
             raise ValueError(f"quantize must be None or '4bit', got {self.quantize!r}")
         if self.quantize is not None and self.mode != "lora":
@@ -181,21 +197,45 @@ def _component_of(name: str, component_prefixes: Mapping[str, Prefix]) -> str:
     return owners[0]
 
 
-def _component_lora_regex(spec: ComponentSpec, prefix: Prefix) -> str:
-    names = "|".join(re.escape(t) for t in spec.target_modules)
-    return rf"(?:{_prefix_regex(prefix)})\.(?:.*\.)?(?:{names})"
+def _component_lora_regex(spec: ComponentSpec, prefix: Prefix, model: Any = None) -> str:
+    """The full-match regex of the module paths given adapters in one component.
+
+    ``"all-linear"`` needs ``model``: its linear layers inside the component are listed by name.
+    """
+    inside = _prefix_regex(prefix)
+    targets = spec.target_modules
+    if targets == ALL_LINEAR:
+        if model is None:
+            raise ValueError("target_modules 'all-linear' needs the model to list its layers")
+        import torch
+
+        names = [
+            n
+            for n, m in _unwrap(model).named_modules()
+            if isinstance(m, torch.nn.Linear)
+            and _member(n, prefix)
+            and n.rsplit(".", 1)[-1] not in _OUTPUT_HEADS
+        ]
+        return "|".join(re.escape(n) for n in names) or r"(?!)"
+    if isinstance(targets, str):
+        return rf"(?:{inside})\.(?:{targets})"
+    names = "|".join(re.escape(t) for t in targets)
+    return rf"(?:{inside})\.(?:.*\.)?(?:{names})"
 
 
 def lora_target_regex(
-    components: Mapping[str, ComponentSpec], component_prefixes: Mapping[str, Prefix]
+    components: Mapping[str, ComponentSpec],
+    component_prefixes: Mapping[str, Prefix],
+    model: Any = None,
 ) -> str | None:
     """The peft `target_modules` regex (full match) for the LoRA components, or None if none.
 
-    Each LoRA component contributes `<prefix>.(...).<target name>`, so adapters can only land
-    inside the components that asked for them.
+    Each LoRA component contributes `<prefix>.(...).<target name>` (or its own regex below the
+    prefix, or its linear layers for ``"all-linear"``, which needs ``model``), so adapters can
+    only land inside the components that asked for them.
     """
     parts = [
-        _component_lora_regex(spec, component_prefixes[comp])
+        _component_lora_regex(spec, component_prefixes[comp], model)
         for comp, spec in components.items()
         if spec.mode == "lora"
     ]
@@ -254,7 +294,7 @@ def apply_trainability(
                 "from_pretrained(..., quantization_config=quantization_config())"
             )
 
-    target = lora_target_regex(components, component_prefixes)
+    target = lora_target_regex(components, component_prefixes, model)
     if target is not None:
         model = _add_lora(model, components, component_prefixes, target)
 
@@ -268,6 +308,7 @@ def apply_trainability(
             param.requires_grad_(_is_lora_param(name))
         else:
             param.requires_grad_(False)
+    _trainable_in_fp32(inner)
     logger.info(
         "trainability: %s",
         ", ".join(
@@ -276,6 +317,31 @@ def apply_trainability(
         ),
     )
     return model
+
+
+def _trainable_in_fp32(model: Any) -> int:
+    """Keeps every trainable floating-point parameter in fp32; returns how many were cast.
+
+    A pretrained checkpoint loads in bf16, and an update of a bf16 weight below its precision
+    is lost (bf16 0.02 + 2e-6 == 0.02: RadVLM's learning rates would not move the weights).
+    As the transformers Trainer with ``bf16=True`` and torchtune do, the weights that train
+    are kept in fp32 and mixed precision only autocasts the compute; frozen weights keep the
+    dtype they were loaded in. 4-bit (QLoRA) base weights are frozen and are not touched.
+    """
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != _fp32():
+            param.data = param.data.float()
+            cast += 1
+    if cast:
+        logger.info("trainability: %d trainable tensors kept in fp32 (frozen ones as loaded)", cast)
+    return cast
+
+
+def _fp32() -> Any:
+    import torch
+
+    return torch.float32
 
 
 def _is_lora_param(name: str) -> bool:
@@ -304,8 +370,10 @@ def _add_lora(
     # Checked before peft touches the model, whose own error would not name the component.
     module_names = [n for n, _ in model.named_modules()]
     for comp, s in components.items():
-        pattern = _component_lora_regex(s, component_prefixes[comp])
-        if s.mode == "lora" and not any(re.fullmatch(pattern, n) for n in module_names):
+        if s.mode != "lora":
+            continue
+        pattern = _component_lora_regex(s, component_prefixes[comp], model)
+        if not any(re.fullmatch(pattern, n) for n in module_names):
             raise ValueError(f"LoRA on {comp!r}: no module named {s.target_modules} in it")
     return get_peft_model(model, config, adapter_name=ADAPTER_NAME)
 

@@ -46,9 +46,9 @@ from typing import Any, Literal
 import yaml
 
 from radixpert.errors import RecipeError, UnknownName
-from radixpert.models.trainability import COMPONENT_NAMES, ComponentSpec
+from radixpert.models.trainability import COMPONENT_NAMES, DEFAULT_LORA_TARGETS, ComponentSpec
 from radixpert.paths import configs_dir
-from radixpert.vocab import FAMILIES, SIZES, TASKS
+from radixpert.vocab import CONNECTORS, FAMILIES, PARTS, SIZES, TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -132,32 +132,53 @@ class HCFOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """The model a recipe trains: a named size or tiny family, or a pretrained id.
+    """The model a recipe trains: a named size or tiny family, a pretrained checkpoint, or
+    pretrained parts to assemble (``radixpert.models.families.create_model_and_processor``).
 
     Args:
         family: One of ``FAMILIES``.
-        size: A named size or tiny family (``SIZES``); exactly one of size and pretrained.
-        pretrained: A Hugging Face id, a local model folder or a radixpert bundle to start
-            from.
-        tokenizer: A tokenizer folder or id; default: the pretrained model's own, or for a
-            random-init ``size`` a BPE tokenizer trained on the recipe's text.
+        size: A named size or tiny family (``SIZES``), built with random weights.
+        pretrained: A Hugging Face id (``meta-llama/Llama-3.2-11B-Vision-Instruct``), a local
+            model folder or a radixpert bundle to start from. Exactly one of size, pretrained
+            and parts.
+        parts: Pretrained parts to assemble: llava ``{vision: ID, language: ID}`` (a CLIP /
+            SigLIP / DINOv2 id, or an open_clip ``hf-hub:`` name such as BiomedCLIP, with a
+            Vicuna / Llama / Qwen2 id), radscribe ``{backbone: ID, joint: ID, decoder: ID}``.
+        tokenizer: A tokenizer folder or id; default: the pretrained model's own (or the
+            language part's), or for a random-init ``size`` a BPE tokenizer trained on the
+            recipe's text.
         system_prompt: The chat template's system prompt; None keeps the template's own
             (Vicuna's for llava), "" drops it.
-        connector: "mlp" (LLaVA projector) or "hcf" (Radixpert's fusion).
+        connector: The connector: llava ``mlp``/``hcf``, mllama ``linear``/``hcf``,
+            llava_onevision ``mlp``; None keeps the family's own (the checkpoint's). A
+            connector the checkpoint does not have (HCF on Llama 3.2 Vision) starts freshly
+            initialised, and the run says so.
         hcf: HCF options; only with ``connector: hcf`` (defaults when omitted).
+        dtype: The dtype the weights are loaded in: ``auto`` (a checkpoint's own, e.g. bf16;
+            fp32 for random weights), ``float32``, ``bfloat16`` or ``float16``. Trainable
+            weights are kept in fp32 whatever this says.
+        preprocessing: ``auto``: a pretrained model's own image processor and chat template
+            (``native``), the letterboxed grayscale transform for random weights
+            (``letterbox``); or either, explicitly.
+        quantize: ``4bit`` loads the frozen base in 4 bits for QLoRA (bitsandbytes, CUDA).
     """
 
     family: str
     size: str | None = None
     pretrained: str | None = None
+    parts: Mapping[str, str] | None = None
     tokenizer: str | None = None
     system_prompt: str | None = None
-    connector: Literal["mlp", "hcf"] = "mlp"
+    connector: str | None = None
     hcf: HCFOptions | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    preprocessing: Literal["auto", "native", "letterbox"] = "auto"
+    quantize: Literal["4bit"] | None = None
 
     def __post_init__(self) -> None:
-        if (self.size is None) == (self.pretrained is None):
-            raise ValueError("give exactly one of size and pretrained")
+        given = [k for k in ("size", "pretrained", "parts") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of size, pretrained and parts (got {given})")
         if self.family not in FAMILIES:
             raise ValueError(f"family: unknown {self.family!r}; known: {', '.join(FAMILIES)}")
         if self.size is not None and self.size not in SIZES:
@@ -166,12 +187,25 @@ class ModelSpec:
             raise ValueError(
                 f"size: {self.size!r} is a {SIZES[self.size].family} model, not {self.family}"
             )
-        if self.connector == "hcf" and self.family == "radscribe":
-            raise ValueError("connector: the radscribe family has no HCF connector")
+        if self.parts is not None:
+            wanted = PARTS.get(self.family)
+            if wanted is None:
+                raise ValueError(f"parts: the {self.family} family is not assembled from parts")
+            if sorted(self.parts) != sorted(wanted):
+                raise ValueError(f"parts: {self.family} needs exactly {list(wanted)}, got "
+                                 f"{list(self.parts)}")  # fmt: skip
+        allowed = CONNECTORS[self.family]
+        if self.connector is not None and self.connector not in allowed:
+            raise ValueError(
+                f"connector: {self.connector!r} is not one of the {self.family} family's "
+                f"{list(allowed) or 'none'}"
+            )
         if self.hcf is not None and self.connector != "hcf":
             raise ValueError("hcf: options given but connector is not 'hcf'")
         if self.connector == "hcf" and self.hcf is None:
             object.__setattr__(self, "hcf", HCFOptions())
+        if self.quantize is not None and self.size is not None:
+            raise ValueError("quantize: QLoRA quantises a pretrained base, not random weights")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +262,9 @@ class ComponentTraining:
         alpha: LoRA alpha; None means 2 * rank.
         dropout: LoRA dropout.
         lr: This component's learning rate; None means the stage optimiser's ``lr``.
+        target_modules: LoRA only: the layers given adapters, a list of leaf names (default
+            q/k/v/o), ``all-linear``, or a regex of module paths below the component (see
+            ``ComponentSpec``).
     """
 
     mode: Literal["frozen", "lora", "full"] = "frozen"
@@ -235,14 +272,23 @@ class ComponentTraining:
     alpha: float | None = None
     dropout: float = 0.1
     lr: float | None = None
+    target_modules: tuple[str, ...] | str = DEFAULT_LORA_TARGETS
 
     def __post_init__(self) -> None:
-        self.spec()  # ComponentSpec checks rank and dropout
+        self.spec()  # ComponentSpec checks rank, dropout and the targets
         _positive(self.lr, "lr")
+        if self.mode != "lora" and self.target_modules != DEFAULT_LORA_TARGETS:
+            raise ValueError(f"target_modules: only for mode lora, not {self.mode}")
 
     def spec(self) -> ComponentSpec:
         """The ``ComponentSpec`` for ``radixpert.models.trainability.apply_trainability``."""
-        return ComponentSpec(self.mode, rank=self.rank, alpha=self.alpha, dropout=self.dropout)
+        return ComponentSpec(
+            self.mode,
+            rank=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            target_modules=self.target_modules,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,8 +504,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, key)
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for inner in options:  # the first alternative the value fits
+            try:
+                return _convert(value, inner, key)
+            except RecipeError as err:
+                errors.append(str(err))
+        raise RecipeError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of "
+                          f"{' | '.join(_type_name(a) for a in options)}")  # fmt: skip
     if origin is Literal:
         if value not in args:
             allowed = ", ".join(repr(a) for a in args)
@@ -721,8 +774,13 @@ def describe(recipe: Recipe) -> str:
     learning rate), the data, optimiser and schedule, the loop length and settings.
     """
     model = recipe.model
-    what = model.size if model.size is not None else f"pretrained {model.pretrained}"
-    connector = model.connector
+    if model.size is not None:
+        what = model.size
+    elif model.pretrained is not None:
+        what = f"pretrained {model.pretrained}"
+    else:
+        what = "from " + ", ".join(f"{k} {v}" for k, v in (model.parts or {}).items())
+    connector = model.connector or "the family's own"
     if model.hcf is not None:
         connector += f" (levels {model.hcf.levels}, gate {model.hcf.gate})"
     lines = [

@@ -72,9 +72,9 @@ def stage_dir(out: str | Path, index: int, stage: Stage) -> Path:
 
 
 def _components(model: Any) -> Mapping[str, Any]:
-    from radixpert.models.info import component_prefixes
+    from radixpert.models.families import components_of
 
-    return component_prefixes(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    return components_of(model)
 
 
 def stage_conversations(
@@ -137,117 +137,44 @@ def _corpus(stages: Sequence[Stage], seed: int) -> list[str]:
     return [t for stage in stages for t in _texts(stage_conversations(stage, seed=seed))]
 
 
-def _sized_model(spec: ModelSpec) -> Any:
-    """A random-init model of a named size or tiny family, with the recipe's connector."""
-    from radixpert.models import info, sizes
-
-    name = spec.size or ""
-    if name in info.TINY_NAMES:
-        if spec.family == "llava" and spec.connector == "hcf" and name == "tiny-llava":
-            name = "tiny-llava-hcf"
-        model = info._tiny(name)
-    elif name in sizes.SIZES:
-        config = sizes.SIZES[name]()
-        if spec.family == "mllama":
-            from radixpert.models.mllama import build_mllama
-
-            hcf = (
-                False
-                if spec.connector != "hcf"
-                else {"gate": spec.hcf.gate, "num_heads": spec.hcf.num_heads}
-            )
-            model = build_mllama(config, hcf=hcf)
-        elif spec.family == "llava":
-            from radixpert.models.llava import build_llava
-
-            model = build_llava(
-                config.vision_config,
-                config.text_config,
-                spec.connector,
-                image_token_index=config.image_token_index,
-            )
-        else:
-            from transformers import AutoModelForImageTextToText
-
-            model = AutoModelForImageTextToText.from_config(config)
-        logger.warning("model %s built with random weights (no pretrained checkpoint)", name)
-    else:
-        raise UnknownName(f"model.size: unknown {name!r}")
-    from radixpert.models.processor import _family
-
-    family = _family(model)
-    if family != spec.family:
-        raise RecipeError(f"model.size {spec.size!r} is a {family} model, not {spec.family}")
-    return model
-
-
-def _load_pretrained(spec: ModelSpec) -> Any:
-    """A family's model from a local folder or a Hugging Face id (offline flags respected)."""
-    source = spec.pretrained
-    if spec.family == "llava":
-        from radixpert.models.llava import load_llava
-
-        return load_llava(source)
-    if spec.family == "mllama":
-        from radixpert.models.mllama import load_mllama
-
-        return load_mllama(source)
-    if spec.family == "radscribe":
-        from radixpert.models.encoder_decoder import RadScribe
-
-        return RadScribe.from_pretrained(source)
-    from transformers import LlavaOnevisionForConditionalGeneration
-
-    return LlavaOnevisionForConditionalGeneration.from_pretrained(source)
-
-
 def build_model(spec: ModelSpec, out: Path, texts: Callable[[], Sequence[str]]) -> tuple[Any, Any]:
-    """The recipe's starting model and its processor.
+    """The recipe's starting model and its processor
+    (``radixpert.models.families.create_model_and_processor``).
 
     Args:
         spec: The recipe's model.
-        out: The run folder (a trained tokenizer is saved in ``out/tokenizer``).
+        out: The run folder (a tokenizer trained for random weights is kept in
+            ``out/tokenizer``, RadScribe's decoder tokenizer in ``out/decoder_tokenizer``).
         texts: Returns the training text; called only if a tokenizer must be trained.
 
     Returns:
         ``(model, processor)``.
     """
-    from transformers import AutoTokenizer
+    from radixpert.models.families import create_model_and_processor
 
-    from radixpert.models.processor import RadProcessor
-
-    if spec.pretrained is not None:
-        from radixpert.models.bundle import MANIFEST_FILE, load_bundle
-
-        path = Path(spec.pretrained)
-        if (path / MANIFEST_FILE).is_file():
-            return load_bundle(path)
-        model = _load_pretrained(spec)
-        tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or spec.pretrained)
-        return model, RadProcessor.from_model(model, tokenizer, **_processor_options(spec))
-
-    model = _sized_model(spec)
-    decoder = None
-    if spec.tokenizer is not None:
-        tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
-    elif (out / TOKENIZER_DIR).is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(out / TOKENIZER_DIR)
-        if (out / DECODER_TOKENIZER_DIR).is_dir():
-            decoder = AutoTokenizer.from_pretrained(out / DECODER_TOKENIZER_DIR)
-    else:
-        from radixpert.models.tokenizers import train_tokenizers
-
-        tokenizer, decoder = train_tokenizers(model, list(texts()))
-        tokenizer.save_pretrained(out / TOKENIZER_DIR)
-        if decoder is not None:
-            decoder.save_pretrained(out / DECODER_TOKENIZER_DIR)
-    return model, RadProcessor.from_model(
-        model, tokenizer, decoder_tokenizer=decoder, **_processor_options(spec)
+    return create_model_and_processor(
+        spec,
+        tokenizer_dir=out / TOKENIZER_DIR,
+        decoder_tokenizer_dir=out / DECODER_TOKENIZER_DIR,
+        texts=texts,
     )
 
 
-def _processor_options(spec: ModelSpec) -> dict[str, Any]:
-    return {} if spec.system_prompt is None else {"system": spec.system_prompt}
+def _precision(model: Any, stage: Stage) -> Any:
+    """Without mixed precision the stage computes in fp32: a model loaded in bf16/fp16 is cast
+    up (with bf16/fp16 the frozen weights stay as loaded and autocast does the compute)."""
+    import torch
+
+    low = {p.dtype for p in model.parameters() if p.is_floating_point()} - {torch.float32}
+    if stage.mixed_precision == "no" and low:
+        logger.warning(
+            "stage %s: mixed_precision no, so the %s weights are cast to fp32 (set "
+            "mixed_precision: bf16 to keep frozen weights as loaded)",
+            stage.name,
+            "/".join(sorted(str(d).removeprefix("torch.") for d in low)),
+        )
+        model = model.float()
+    return model
 
 
 def _apply_stage(model: Any, stage: Stage) -> Any:
@@ -390,7 +317,7 @@ def run_recipe(
         # Fresh adapters and connectors of the stage: seeded by (seed, stage), so a run that
         # resumes here from the previous bundle starts them as an uninterrupted run does.
         set_seed(stage_seed(recipe.seed, index, "stage"))
-        model = _apply_stage(model, stage)
+        model = _apply_stage(_precision(model, stage), stage)
         logger.info("stage %d/%d: %s", index + 1, len(recipe.stages), stage.name)
         metric_fn = None
         if stage.eval_metric is not None:
