@@ -185,6 +185,24 @@ def _own_connector(spec: ModelSpec) -> str:
     return CONNECTORS[spec.family][0]
 
 
+def _hcf_options(config: Any, spec: ModelSpec) -> Any:
+    """The recipe's HCF options; without them, those of a size that has an HCF already
+    (``tiny-llava-hcf``: its builder's), else the defaults."""
+    from radixpert.train.recipe import HCFOptions
+
+    if spec.hcf is not None:
+        return spec.hcf
+    if not getattr(config, "model_type", "").startswith("radixpert_hcf_"):
+        return HCFOptions()
+    if hasattr(config, "hcf_groups"):
+        levels = len(config.hcf_groups or [0, 0, 0])
+    else:
+        layer = config.vision_feature_layer
+        levels = 1 if isinstance(layer, int) else len(layer)
+    return HCFOptions(levels=levels, gate=config.hcf_gate, num_heads=config.hcf_num_heads,
+                      gate_hidden=config.hcf_gate_hidden, dropout=config.hcf_dropout)  # fmt: skip
+
+
 def _llava_options(config: Any, connector: str, spec: ModelSpec) -> dict[str, Any]:
     """``build_llava`` options that keep a llava config's settings under ``connector``."""
     opts: dict[str, Any] = {
@@ -197,7 +215,7 @@ def _llava_options(config: Any, connector: str, spec: ModelSpec) -> dict[str, An
     if connector == "hcf":
         from radixpert.models.vision import fusion_layers
 
-        hcf = spec.hcf
+        hcf = _hcf_options(config, spec)
         depth = config.vision_config.num_hidden_layers
         if not 1 <= hcf.levels <= depth:
             raise RecipeError(f"model.hcf.levels: {hcf.levels} outside 1..{depth} (the tower's "
@@ -240,7 +258,7 @@ def mllama_hcf_groups(intermediate_layers_indices: Sequence[int], levels: int) -
 
 
 def _mllama_hcf(config: Any, spec: ModelSpec) -> dict[str, Any]:
-    hcf = spec.hcf
+    hcf = _hcf_options(config, spec)
     groups = mllama_hcf_groups(config.vision_config.intermediate_layers_indices or [], hcf.levels)
     return {"groups": groups, "gate": hcf.gate, "num_heads": hcf.num_heads,
             "gate_hidden": hcf.gate_hidden, "dropout": hcf.dropout}  # fmt: skip
@@ -607,28 +625,37 @@ def get_family(name: str) -> Family:
         raise RecipeError(f"family: unknown {name!r}; known: {', '.join(FAMILIES)}") from None
 
 
-def create_model(spec: ModelSpec) -> tuple[nn.Module, Any, Any]:
-    """The model of a ``ModelSpec``, with what came with it.
-
-    Returns:
-        ``(model, tokenizer, extra)``: the tokenizer of a pretrained model or of its language
-        part (None for random weights), and ``extra``, the image processor of a pretrained
-        llava-family model (None if it has none) or RadScribe's decoder tokenizer.
-    """
+def create_model(spec: ModelSpec) -> nn.Module:
+    """The model of a ``ModelSpec`` alone (``create_model_and_processor`` gives its processor
+    too): random weights of a size, a checkpoint (with the spec's connector), or parts."""
+    if spec.parts is not None:
+        return _model_and_preprocessing(spec)[0]
     family = get_family(spec.family)
-    if spec.size is not None:
-        return family.build(spec), None, None
+    return family.build(spec) if spec.size is not None else family.load_pretrained(spec)
+
+
+def _model_and_preprocessing(spec: ModelSpec) -> tuple[nn.Module, Any, Any]:
+    """``(model, tokenizer, extra)``: the tokenizer of a pretrained model or of its language
+    part (None for random weights), and ``extra``, the checkpoint's own processor or image
+    processor (None if it has none), or RadScribe's decoder tokenizer."""
+    family = get_family(spec.family)
     if spec.parts is not None:
         if family.assemble is None:
             raise RecipeError(f"model.parts: the {spec.family} family is not built from parts")
         return family.assemble(spec)
+    model = create_model(spec)
+    if spec.size is not None or spec.family == "radscribe":
+        return model, None, None
     from transformers import AutoTokenizer
 
-    model = family.load_pretrained(spec)
-    if spec.family == "radscribe":
-        return model, None, None
     source = str(spec.pretrained)
-    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or source)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"model.tokenizer: no tokenizer in {spec.tokenizer or source!r} "
+            f"({str(err).splitlines()[0]}); give model.tokenizer"
+        ) from err
     return model, tokenizer, _native_image_processor(source)
 
 
@@ -686,7 +713,7 @@ def create_model_and_processor(
                     f"{connector_of(model)!r}"
                 )
             return model, processor
-    model, tokenizer, extra = create_model(spec)
+    model, tokenizer, extra = _model_and_preprocessing(spec)
     options: dict[str, Any] = {}
     if spec.system_prompt is not None:
         options["system"] = spec.system_prompt
