@@ -57,7 +57,7 @@ def test_hcf_options_are_honoured() -> None:
     assert connector.fusion[0].cross_attn.num_heads == 2
     mllama = _build(family="mllama", size="tiny-mllama", connector="hcf", hcf=hcf)
     assert mllama.config.hcf_groups == [0, 2] and mllama.config.hcf_gate == "equal"
-    with pytest.raises(RecipeError, match="hcf.levels"):
+    with pytest.raises(RecipeError, match=r"hcf\.levels"):
         _build(family="mllama", size="tiny-mllama", connector="hcf", hcf=HCFOptions(levels=4))
 
 
@@ -153,8 +153,9 @@ def test_lora_targets_names_all_linear_and_regex() -> None:
             {**FROZEN_LM_LORA, "language_model": spec},
             components_of(base),
         )
-        return {n.removeprefix("base_model.model.").removesuffix(".lora_A.default.weight")
-                for n, _ in model.named_parameters() if n.endswith("lora_A.default.weight")}  # fmt: skip
+        suffix = ".lora_A.default.weight"
+        names = [n for n, _ in model.named_parameters() if n.endswith(suffix)]
+        return {n.removeprefix("base_model.model.").removesuffix(suffix) for n in names}
 
     default = targets(ComponentSpec("lora", rank=2))
     assert {n.rsplit(".", 1)[-1] for n in default} == {"q_proj", "k_proj", "v_proj", "o_proj"}
