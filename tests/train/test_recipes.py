@@ -56,7 +56,7 @@ def test_msa_lora_follows_the_paper(tmp_path: Path) -> None:
     assert [c.rank for c in lm] == [64, 32, 16]
     assert [c.dropout for c in lm] == [0.1] * 3
     assert [s.lr("language_model") for s in recipe.stages] == [2e-4, 1e-4, 5e-5]
-    assert recipe.model.size == "llama32_vision_11b"
+    assert recipe.model.pretrained == "meta-llama/Llama-3.2-11B-Vision-Instruct"
     assert recipe.model.connector == "hcf"
     assert recipe.model.hcf is not None and recipe.model.hcf.levels == 3
     for i, stage in enumerate(recipe.stages):
@@ -88,11 +88,17 @@ def test_other_recipes_follow_their_papers(tmp_path: Path) -> None:
     lora = rad.stages[2].trainability.language_model
     assert (lora.rank, lora.alpha, lora.dropout) == (64, 128.0, 0.05)
     assert rad.stages[2].optimizer.lr == 1e-4 and rad.stages[2].epochs == 3
+    # LLaVA-Rad's parts: BiomedCLIP's image encoder (open_clip) and Vicuna-7B v1.5.
+    assert dict(rad.model.parts) == {
+        "vision": "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+        "language": "lmsys/vicuna-7b-v1.5",
+    }
 
     vlm = load_recipe(RECIPES / "radvlm.yaml", data_root=tmp_path)
     (stage,) = vlm.stages
     assert set(stage.data.tasks) == set(TASKS)
-    assert stage.epochs == 1 and vlm.model.size == "llava_onevision_7b"
+    assert stage.epochs == 1
+    assert vlm.model.pretrained == "llava-hf/llava-onevision-qwen2-7b-ov-hf"
     assert {c.mode for c in stage.trainability.components().values()} == {"full"}
     assert stage.lr("vision_tower") == 2e-6
     assert stage.lr("connector") == stage.lr("language_model") == 1e-5

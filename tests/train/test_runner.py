@@ -59,7 +59,7 @@ def _tiny_overrides(name: str, data_root: Path, steps: int) -> list[str]:
     """Overrides that turn shipped recipe ``name`` into a tiny run of ``steps`` per stage."""
     path = shipped_recipes_dir() / f"{name}.yaml"
     raw = load_recipe(path, data_root=str(data_root))
-    overrides = [f"model.size={TINY[name]}", "model.pretrained=null"]
+    overrides = [f"model.size={TINY[name]}", "model.pretrained=null", "model.parts=null"]
     if raw.model.connector == "hcf" and TINY[name] == "tiny-llava":
         overrides.append("model.size=tiny-llava-hcf")
     if raw.model.hcf is not None and TINY[name] == "tiny-mllama":

@@ -179,10 +179,12 @@ def _size_config(name: str) -> Any:
         return builder(**size.options).config
 
 
-def _own_connector(spec: ModelSpec) -> str:
+def _own_connector(spec: ModelSpec) -> str | None:
+    """The connector of a size (its builder's), else the family's own; None for RadScribe."""
+    own = (CONNECTORS[spec.family] or (None,))[0]
     if spec.size is not None:
-        return SIZES[spec.size].options.get("connector", CONNECTORS[spec.family][0])
-    return CONNECTORS[spec.family][0]
+        return SIZES[spec.size].options.get("connector", own)
+    return own
 
 
 def _hcf_options(config: Any, spec: ModelSpec) -> Any:

@@ -1,0 +1,80 @@
+"""The shipped recipes from pretrained checkpoints: tiny hub-layout copies of the real
+repositories (tests/hub), loaded by their real ids offline, trained a few steps per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from radixpert.models.families import unwrap
+from radixpert.train.recipe import load_recipe, shipped_recipes_dir
+from radixpert.train.runner import run_recipe
+
+MLLAMA = "meta-llama/Llama-3.2-11B-Vision-Instruct"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recipes' dataset folders, each holding the same 24 phantoms."""
+    from radixpert.data.phantoms import generate_phantoms
+
+    root = tmp_path_factory.mktemp("pretrained_data")
+    generate_phantoms(24, root / "phantoms", size=64)
+    text = (root / "phantoms" / "studies.jsonl").read_text(encoding="utf-8")
+    for name in ("roco_v2", "padchest", "mimic_cxr", "chexpert_plus", "ms_cxr", "vindr_cxr",
+                 "padchest_gr", "imagenome"):  # fmt: skip
+        (root / name).mkdir()
+        (root / name / "studies.jsonl").write_text(
+            text.replace('"path": "images/', '"path": "../phantoms/images/'), encoding="utf-8"
+        )
+    return root
+
+
+def _sized(name: str, data_root: Path, steps: int = 2) -> Any:
+    """Shipped recipe ``name``, changed only in sizes: steps, batch, no early stopping."""
+    raw = load_recipe(shipped_recipes_dir() / f"{name}.yaml", data_root=str(data_root))
+    overrides = []
+    for i, stage in enumerate(raw.stages):
+        overrides += [f"stages.{i}.epochs=null", f"stages.{i}.max_steps={steps}",
+                      f"stages.{i}.batch_size=2", f"stages.{i}.grad_accum=1",
+                      f"stages.{i}.save_every=null"]  # fmt: skip
+        if stage.early_stopping is not None:
+            overrides.append(f"stages.{i}.early_stopping=null")
+    return load_recipe(shipped_recipes_dir() / f"{name}.yaml", overrides=overrides,
+                       data_root=str(data_root))  # fmt: skip
+
+
+def _checkpoint_state(repo_id: str) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(repo_id).state_dict()
+
+
+@pytest.mark.slow
+def test_msa_lora_from_the_hub_checkpoint(
+    hub_checkpoint: Any, data_root: Path, tmp_path: Path
+) -> None:
+    from radixpert.models.bundle import load_bundle, read_manifest
+
+    hub_checkpoint(MLLAMA)
+    recipe = _sized("msa_lora", data_root)
+    assert recipe.model.pretrained == MLLAMA and recipe.model.connector == "hcf"
+    summary = run_recipe(recipe, tmp_path / "run", log_with=(), progress=False, max_val=4)
+    assert [r["steps"] for r in summary["stages"].values()] == [2, 2, 2]
+    model, processor = load_bundle(summary["final_bundle"])
+    assert read_manifest(summary["final_bundle"])["connector"] == "hcf"
+    assert processor.config.image_transform == "native" and processor.config.template == "native"
+    trained = unwrap(model.merge_and_unload()).state_dict()
+    original = _checkpoint_state(MLLAMA)
+    vision = [k for k in original if k.startswith("model.vision_model.")]
+    # The frozen vision tower is the checkpoint's, bit for bit.
+    assert vision and all(torch.equal(trained[k], original[k]) for k in vision)
+    # LoRA, merged stage after stage, moved the language model's attention projections.
+    moved = [k for k in original if k.startswith("model.language_model.") and "q_proj" in k]
+    assert moved and any(not torch.equal(trained[k], original[k]) for k in moved)
+    # The HCF connector is new: it is not in the checkpoint at all.
+    assert any(k.startswith("model.multi_modal_projector.fusion.") for k in trained)
+    assert not any(k.startswith("model.multi_modal_projector.fusion.") for k in original)
