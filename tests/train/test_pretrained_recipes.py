@@ -78,3 +78,27 @@ def test_msa_lora_from_the_hub_checkpoint(
     # The HCF connector is new: it is not in the checkpoint at all.
     assert any(k.startswith("model.multi_modal_projector.fusion.") for k in trained)
     assert not any(k.startswith("model.multi_modal_projector.fusion.") for k in original)
+
+
+ONEVISION = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
+
+
+@pytest.mark.slow
+def test_radvlm_from_the_hub_checkpoint(
+    hub_checkpoint: Any, data_root: Path, tmp_path: Path
+) -> None:
+    from radixpert.models.bundle import load_bundle
+
+    hub_checkpoint(ONEVISION)
+    recipe = _sized("radvlm", data_root)
+    assert recipe.model.pretrained == ONEVISION
+    summary = run_recipe(recipe, tmp_path / "run", log_with=(), progress=False, max_val=4)
+    model, processor = load_bundle(summary["final_bundle"])
+    assert processor.config.image_transform == "native" and processor.config.template == "native"
+    trained = model.state_dict()
+    original = _checkpoint_state(ONEVISION)
+    assert set(trained) == set(original)
+    # Everything trains, the vision tower at lr 2e-6: its weights moved too (kept in fp32).
+    for prefix in ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model."):
+        keys = [k for k in original if k.startswith(prefix) and original[k].is_floating_point()]
+        assert any(not torch.equal(trained[k], original[k]) for k in keys), prefix

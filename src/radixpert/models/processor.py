@@ -60,6 +60,8 @@ VICUNA_SYSTEM = (
 )
 TEMPLATES: tuple[str, ...] = ("vicuna", "llama3", "native")
 IMAGE_TRANSFORMS: tuple[str, ...] = ("letterbox", "native")
+# End-of-turn markers of the chat templates in use (Llama 3, ChatML/Qwen2, Gemma).
+END_OF_TURN: tuple[str, ...] = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
 MLLAMA_IMAGE_TOKEN = "<|image|>"
 DECODER_TOKENIZER_DIR = "decoder_tokenizer"
 
@@ -223,12 +225,18 @@ class RadProcessor:
         mean, std = TOWER_STATS.get(vision.model_type, _CLIP_STATS)
         channels = int(getattr(vision, "num_channels", 3))
         text_type = config.text_config.model_type
+        seq_length = int(getattr(config, "image_seq_length", 1))
+        if family == "llava" and hasattr(vision, "patch_size"):
+            # What the tower gives (Llava's feature selection), whatever the config records.
+            from radixpert.models.llava import _image_seq_length
+
+            seq_length = _image_seq_length(vision, config.vision_feature_select_strategy)
         settings: dict[str, Any] = {
             "image_size": int(vision.image_size),
             "image_mean": list(mean[:channels]),
             "image_std": list(std[:channels]),
             "channels": channels,
-            "image_seq_length": int(getattr(config, "image_seq_length", 1)),
+            "image_seq_length": seq_length,
             "template": template or _FAMILY_TEMPLATE.get(text_type, "vicuna"),
             "family": family,
         }
@@ -451,7 +459,14 @@ class RadProcessor:
                     "prefix of its continuation; give model.preprocessing: letterbox and a "
                     "built-in template"
                 )
-            pieces += [(before[len(done) :], False), (after[len(before) :], True)]
+            answer = after[len(before) :]
+            # Some checkpoints' templates end an answer with no end-of-turn token (LLaVA-1.5's
+            # renders "ASSISTANT: text "): a model trained so would never stop. As LLaVA's
+            # own training does, the tokenizer's eos then follows the answer, as a target.
+            eos = self.tokenizer.eos_token
+            if eos and not any(m in answer for m in (eos, *END_OF_TURN)):
+                answer += eos
+            pieces += [(before[len(done) :], False), (answer, True)]
             done = after
         final = self._render(messages, add_generation_prompt)
         if not final.startswith(done):
