@@ -7,6 +7,7 @@
     radixpert label reports.csv -o labels.csv
     radixpert weights list | pull NAME        # metric model weights
     radixpert model list | info NAME          # model sizes and their parameter tables
+    radixpert model export BUNDLE -o DIR      # a folder plain transformers / vLLM load
     radixpert config list | path NAME         # shipped recipes and accelerate configs
 
 The same flag means the same thing everywhere: what a command reads is positional (a dataset,
@@ -421,15 +422,45 @@ def _pairs(items: list[str], flag: str) -> dict[str, float]:
 def _model_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "model",
-        help="model sizes to train and their parameter tables",
+        help="model sizes to train, their parameter tables, and export for serving",
         description="The named model sizes (published checkpoints' shapes and tiny ones) and "
         "their component and ablation tables. (Metric weights are `radixpert weights`.)",
     )
     msub = p.add_subparsers(dest="model_cmd", required=True)
     msub.add_parser("list", help="every size name, its family and what it is")
-    info = msub.add_parser("info", help="component and ablation tables of a size or config")
-    info.add_argument("name", help="a size (see `radixpert model list`) or a config.json / folder")
+    info = msub.add_parser(
+        "info",
+        help="component and ablation tables of a size, checkpoint or config; a recipe's counts",
+        description="NAME is a size (`radixpert model list`), a Hugging Face id in the local "
+        "cache or a model folder / config.json (built on the meta device: no weights read), "
+        "or a recipe (a shipped name or a YAML file): then the parameters total and trainable "
+        "per component in each stage, exactly as the run will have them (LoRA targets, HCF "
+        "width, MSA-LoRA ranks).",
+    )
+    info.add_argument("name", help="a size, a hub id, a model folder or config.json, a recipe")
+    info.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="recipe overrides (recipes only)"
+    )
     info.add_argument("--lora-rank", type=int, default=64)
+    export = msub.add_parser(
+        "export",
+        help="a bundle as a folder plain transformers / vLLM / SGLang load (LoRA merged)",
+        description="Writes the bundle's model with its LoRA merged, its transformers processor "
+        "and chat template, and a greedy generation_config.json; HCF models carry their code "
+        "(load with trust_remote_code=True). --adapter-only writes the LoRA adapter alone in "
+        "peft's layout, for vLLM's --lora-modules. See docs/models.md, 'Export for serving'.",
+    )
+    export.add_argument("bundle", help="a model folder written by `radixpert train`")
+    export.add_argument("-o", "--out", required=True, help="the folder to write (replaced)")
+    export.add_argument(
+        "--adapter-only", action="store_true", help="only the LoRA adapter, in peft's layout"
+    )
+    export.add_argument(
+        "--base",
+        default=None,
+        help="--adapter-only: the base model folder or hub id to record "
+        "(default: the recipe's model.pretrained)",
+    )
     p.set_defaults(func=_run_model)
 
 
@@ -447,10 +478,53 @@ def _run_model(args: argparse.Namespace) -> int:
             )
             print(f"{name:<22} {size.family:<16} {what}")
         return 0
+    if args.model_cmd == "export":
+        from radixpert.models.export import export_for_serving
+
+        out = export_for_serving(args.bundle, args.out, args.adapter_only, args.base)
+        print(f"exported: {out}")
+        return 0
+    recipe = _recipe_or_none(args.name)
+    if recipe is not None:
+        print(_recipe_parameters(recipe, args.overrides))
+        return 0
+    if args.overrides:
+        raise UsageError(f"model info {args.name}: key=value overrides are for recipes only")
     from radixpert.models.info import model_info
 
     print(model_info(args.name, args.lora_rank))
     return 0
+
+
+def _recipe_or_none(name: str) -> Path | None:
+    """The recipe file ``name`` names (a shipped recipe or a YAML file), or None."""
+    from radixpert.train.recipe import shipped_recipes_dir
+
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return Path(name)
+    shipped = shipped_recipes_dir() / f"{name}.yaml"
+    return shipped if shipped.is_file() else None
+
+
+def _recipe_parameters(path: Path, overrides: list[str]) -> str:
+    """Per stage of a recipe: total and trainable parameters per component (meta device)."""
+    from radixpert.train.plan import plan_recipe
+    from radixpert.train.recipe import load_recipe
+
+    # Data paths are not read: only the model and the stages' trainability matter here.
+    recipe = load_recipe(path, overrides, data_root=".")
+    plan = plan_recipe(recipe)
+    model = recipe.model
+    what = model.pretrained or model.size or dict(model.parts or {})
+    lines = [f"recipe {recipe.name}: {model.family}, {what}"]
+    for stage in plan.stages:
+        lines += ["", f"stage {stage.stage.name}",
+                  f"  {'component':<16} {'parameters':>16} {'trainable':>16} {'%':>8}"]  # fmt: skip
+        for row in stage.parameters:
+            share = 100.0 * row["trainable"] / row["total"] if row["total"] else 0.0
+            lines.append(f"  {row['component']:<16} {row['total']:>16,} "
+                         f"{row['trainable']:>16,} {share:>7.3f}%")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _config_parser(sub: argparse._SubParsersAction) -> None:
@@ -511,7 +585,32 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         default="tensorboard",
         help="accelerate trackers, comma-separated: tensorboard, mlflow, or none",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (parameters, steps, per-GPU memory of each stage), check that "
+        "the data files exist, and stop",
+    )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        help="GPUs the run is spread over (default: the launcher's WORLD_SIZE, else 1)",
+    )
+    p.add_argument(
+        "--gpu-memory",
+        help="memory of one card, e.g. 80GB, 80GiB, 141GB (default: the current CUDA "
+        "device's, if any; else no card check)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=("ddp", "fsdp", "zero2", "zero3"),
+        help="how the run is sharded (default: what accelerate launch set up, else ddp)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="launch even if the memory estimate exceeds the card",
+    )
     p.set_defaults(func=_run_train)
 
 
@@ -526,8 +625,35 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"radixpert train: error: {e}", file=sys.stderr)
         return 2
     print(describe(recipe))
-    if args.dry_run:
-        return 0
+    if args.dry_run or not args.force:
+        import os
+
+        from radixpert.train import plan as planning
+
+        card = planning.parse_memory(args.gpu_memory) if args.gpu_memory else planning.cuda_memory()
+        if args.dry_run or card is not None:  # a launch is checked only against a known card
+            try:
+                plan = planning.plan_recipe(
+                    recipe,
+                    gpus=args.gpus or int(os.environ.get("WORLD_SIZE", "1")),
+                    gpu_memory=card,
+                    strategy=args.strategy or planning.strategy_from_env(),
+                )
+            except RecipeError as e:  # no shape-only build of this model: say so, go on
+                if args.dry_run:
+                    raise
+                print(f"radixpert train: warning: no memory check: {e}", file=sys.stderr)
+                plan = None
+            if args.dry_run:
+                print(planning.format_plan(plan))
+            for problem in plan.missing if plan else ():
+                print(f"radixpert train: error: {problem}", file=sys.stderr)
+            if plan and plan.missing:
+                return 2
+            if args.dry_run:
+                return 0
+            if plan:
+                planning.check_fits(plan)
     from radixpert.train.runner import run_recipe
 
     out = Path(args.out) if args.out else home() / recipe.output_dir

@@ -107,23 +107,41 @@ class Size:
             random weights.
         options: Keyword arguments of the builder.
         published: True for the transcribed configs of published checkpoints.
+        source: The hub id of the checkpoint a published size transcribes (its shape stands in
+            for the checkpoint's when the checkpoint is not in the local cache: plans and
+            parameter tables work without the weights).
     """
 
     family: str
     builder: str
     options: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     published: bool = False
+    source: str | None = None
 
 
-def _size(family: str, builder: str, published: bool = False, **options: Any) -> Size:
-    return Size(family, builder, MappingProxyType(options), published)
+def _size(
+    family: str, builder: str, published: bool = False, source: str | None = None, **options: Any
+) -> Size:
+    return Size(family, builder, MappingProxyType(options), published, source)
 
 
 SIZES: MappingProxyType[str, Size] = MappingProxyType(
     {
-        "llama32_vision_11b": _size("mllama", "sizes:llama32_vision_11b", published=True),
-        "llava15_7b": _size("llava", "sizes:llava15_7b", published=True),
-        "llava_onevision_7b": _size("llava_onevision", "sizes:llava_onevision_7b", published=True),
+        "llama32_vision_11b": _size(
+            "mllama",
+            "sizes:llama32_vision_11b",
+            published=True,
+            source="meta-llama/Llama-3.2-11B-Vision-Instruct",
+        ),
+        "llava15_7b": _size(
+            "llava", "sizes:llava15_7b", published=True, source="llava-hf/llava-1.5-7b-hf"
+        ),
+        "llava_onevision_7b": _size(
+            "llava_onevision",
+            "sizes:llava_onevision_7b",
+            published=True,
+            source="llava-hf/llava-onevision-qwen2-7b-ov-hf",
+        ),
         "llava_rad_shape": _size("llava", "sizes:llava_rad_shape", published=True),
         "tiny-llava": _size("llava", "llava:tiny_llava", connector="mlp"),
         "tiny-llava-hcf": _size("llava", "llava:tiny_llava", connector="hcf"),

@@ -788,7 +788,21 @@ def meta_model(spec: ModelSpec) -> nn.Module:
         raise RecipeError(f"model: a shape-only build of {spec.family} from parts or a "
                           "RadScribe checkpoint is not available; give model.size")  # fmt: skip
     _register_auto_classes()
-    config = AutoConfig.from_pretrained(str(spec.pretrained))
+    source = str(spec.pretrained)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        stand_in = [n for n, s in SIZES.items() if s.source == source]
+        if not stand_in:
+            raise FileNotFoundError(
+                f"model.pretrained: {source!r} is neither a model folder nor a Hugging Face id "
+                "in the local cache; for a shape-only plan give a named size instead "
+                "(model.pretrained=null model.size=NAME, `radixpert model list`)"
+            ) from err
+        logger.info("%s is not in the local cache: its transcribed config (size %s) stands in",
+                    source, stand_in[0])  # fmt: skip
+        config = _size_config(stand_in[0])
+        config.dtype = "bfloat16"  # as the published checkpoints are stored
     dtype = _DTYPES.get(spec.dtype) or getattr(config, "dtype", None) or torch.float32
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
