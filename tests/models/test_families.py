@@ -21,8 +21,8 @@ from radixpert.models.families import (
     fresh_modules,
     meta_model,
 )
+from radixpert.models.spec import HCFOptions, ModelSpec
 from radixpert.models.trainability import ComponentSpec, apply_trainability
-from radixpert.train.recipe import HCFOptions, ModelSpec
 
 FROZEN_LM_LORA = {
     "vision_tower": ComponentSpec("frozen"),

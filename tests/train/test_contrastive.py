@@ -1,5 +1,6 @@
 """Contrastive pretraining: the CLIP loss against a hand computation, feature shapes and
-padding invariance on the tiny llavas (plain, HCF, under LoRA), and learning on phantoms."""
+padding invariance on the tiny llavas (plain, HCF, under LoRA), learning on phantoms, and the
+open_clip text side (checkpoint text tower, tokenizer and temperature) of a BiomedCLIP tower."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from radixpert.models.llava import tiny_llava
 from radixpert.train.contrastive import (
     MAX_LOGIT_SCALE,
     ContrastiveHead,
+    LanguageModelTextHead,
+    OpenClipTextHead,
     clip_loss,
     contrastive_batch,
     contrastive_loss,
@@ -75,7 +78,7 @@ def test_clip_loss_rejects_mismatched_shapes() -> None:
 
 
 def test_logit_scale_init_and_clamp() -> None:
-    head = ContrastiveHead(8, 6, embed_dim=4)
+    head = LanguageModelTextHead(8, 6, embed_dim=4)
     assert head.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     assert head.scale.item() == pytest.approx(1 / 0.07, rel=1e-6)
     assert head.image_proj.bias is None and head.text_proj.bias is None
@@ -139,6 +142,7 @@ def test_feature_shapes_wrappers_and_padding(connector: str) -> None:
     torch.testing.assert_close(longer, txt[1:2], atol=1e-5, rtol=0)
 
     head = ContrastiveHead.for_model(model, embed_dim=16)
+    assert isinstance(head, LanguageModelTextHead)
     assert head.image_proj.in_features == config.vision_config.hidden_size
     assert head.text_proj.in_features == config.text_config.hidden_size
 
@@ -231,3 +235,148 @@ def test_training_tower_retrieves_reports_and_leaves_lm_untouched(
     assert all(p.grad is None for p in language_model.parameters())
     for name, value in language_model.state_dict().items():
         assert torch.equal(value, lm_before[name]), name
+
+
+# ---------------------------------------------------------------- open_clip text side
+
+
+def _words(texts: list[str]) -> list[str]:
+    import re
+
+    return sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower())})
+
+
+@pytest.fixture(scope="module")
+def open_clip_llava(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny llava whose tower is a tiny BiomedCLIP-layout open_clip checkpoint's, the
+    open_clip model itself, a processor and eight phantom image-report pairs."""
+    pytest.importorskip("open_clip")
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from radixpert.data.phantoms import generate_phantoms
+    from radixpert.models.llava import TINY_IMAGE_TOKEN, tiny_text_config
+    from radixpert.models.open_clip_tower import create_open_clip, load_open_clip_tower
+    from radixpert.models.processor import RadProcessor
+    from tests.models.test_open_clip_tower import PATCHES, write_tiny_biomedclip
+
+    root = tmp_path_factory.mktemp("contrastive_open_clip")
+    studies = generate_phantoms(16, root / "ph", size=64)
+    reports = [s.findings for s in studies]
+    folder = write_tiny_biomedclip(root, _words(reports))
+    tower, _ = load_open_clip_tower(folder)
+    config = LlavaConfig(
+        vision_config=tower.config,
+        text_config=tiny_text_config(),
+        image_token_index=TINY_IMAGE_TOKEN,
+        vision_feature_layer=-2,
+        image_seq_length=PATCHES,
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
+    processor = RadProcessor.from_model(model, _tokenizer(reports))
+    chosen = studies[:8]
+    return {
+        "model": model,
+        "clip": create_open_clip(folder).eval(),
+        "processor": processor,
+        "images": [root / "ph" / s.images[0].path for s in chosen],
+        "reports": [s.findings for s in chosen],
+    }
+
+
+def test_open_clip_head_is_the_checkpoints_text_side(open_clip_llava: dict[str, Any]) -> None:
+    model, clip = open_clip_llava["model"], open_clip_llava["clip"]
+    head = ContrastiveHead.for_model(model)
+    assert isinstance(head, OpenClipTextHead)
+    reference = clip.text.state_dict()
+    for name, value in head.text.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+    assert head.logit_scale.item() == pytest.approx(3.0)  # the checkpoint's, not log(1/0.07)
+    assert head.logit_scale.requires_grad
+    assert not any(p.requires_grad for p in head.text.parameters())
+    head.train()
+    assert head.training and not head.text.training  # a frozen text tower keeps dropout off
+    with pytest.raises(ValueError, match="embed_dim"):
+        ContrastiveHead.for_model(model, embed_dim=32)
+
+    processor = open_clip_llava["processor"]
+    images, reports = open_clip_llava["images"][:4], open_clip_llava["reports"][:4]
+    batch = contrastive_batch(processor, images, reports, head=head)
+    ids = batch["input_ids"]
+    assert ids.shape == (4, 32)  # open_clip pads to its context length
+    assert bool((ids[:, 0] == head.tokenizer.tokenizer.cls_token_id).all())
+    assert torch.equal(batch["attention_mask"], (ids != 0).long())
+    assert torch.equal(contrastive_batch(processor, images, reports, 12, head)["input_ids"],
+                       ids[:, :12].clone().index_put_((torch.arange(4), torch.full((4,), 11)),
+                                                      torch.tensor(3)))  # fmt: skip
+    model.eval()
+    with torch.no_grad():
+        image, text = head(model, batch)
+        torch.testing.assert_close(image, clip.encode_image(batch["pixel_values"]))
+        torch.testing.assert_close(text, clip.encode_text(ids))
+    with pytest.raises(ValueError, match="head=head"):
+        head(model, contrastive_batch(processor, images, reports))  # the LM's tokenizer
+
+
+def test_open_clip_loss_falls_and_the_text_tower_stays(open_clip_llava: dict[str, Any]) -> None:
+    import copy
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = copy.deepcopy(open_clip_llava["model"])
+    head = ContrastiveHead.for_model(model)
+    text_before = {k: v.clone() for k, v in head.text.state_dict().items()}
+    batch = contrastive_batch(
+        open_clip_llava["processor"], open_clip_llava["images"], open_clip_llava["reports"],
+        head=head,
+    )  # fmt: skip
+    tower = model.model.vision_tower
+    params = [*tower.parameters(), head.logit_scale]
+    optimizer = torch.optim.AdamW(params, lr=3e-4)
+    model.train()
+    head.train()
+    losses = []
+    for _ in range(40):
+        loss = contrastive_loss(model, head, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    # Below chance (log 8) by a margin: the tower aligned with the frozen text, not just a
+    # smaller temperature (which alone can only bring the loss to log 8).
+    assert losses[-1] < 0.6 * losses[0] and losses[-1] < 0.75 * math.log(8), losses
+    assert tower.visual.head.proj.weight.grad is not None  # open_clip's projection trains
+    assert all(p.grad is None for p in head.text.parameters())
+    for name, value in head.text.state_dict().items():
+        assert torch.equal(value, text_before[name]), name
+    model.eval()
+    assert retrieval_accuracy(model, head, batch) >= 0.5  # chance is 1/8
+
+
+def test_open_clip_head_from_biomedclips_hub_name(hub_checkpoint) -> None:
+    """The text side of BiomedCLIP by its hub name: BiomedBERT's tokenizer (256 tokens) and the
+    checkpoint's text tower and temperature, found from the tower's config alone."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from radixpert.models.llava import TINY_IMAGE_TOKEN, tiny_text_config
+    from radixpert.models.open_clip_tower import create_open_clip, load_open_clip_tower
+    from tests.models.test_open_clip_tower import BIOMEDCLIP, HUB_PATCHES
+
+    hub_checkpoint(BIOMEDCLIP)
+    tower, _ = load_open_clip_tower(f"hf-hub:{BIOMEDCLIP}")
+    config = LlavaConfig(
+        vision_config=tower.config,
+        text_config=tiny_text_config(),
+        image_token_index=TINY_IMAGE_TOKEN,
+        image_seq_length=HUB_PATCHES,
+    )
+    head = ContrastiveHead.for_model(LlavaForConditionalGeneration(config))
+    clip = create_open_clip(f"hf-hub:{BIOMEDCLIP}")
+    assert isinstance(head, OpenClipTextHead) and head.source == f"hf-hub:{BIOMEDCLIP}"
+    reference = clip.text.state_dict()
+    for name, value in head.text.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+    assert head.logit_scale.item() == pytest.approx(clip.logit_scale.item())
+    assert head.tokenizer.context_length == 256
+    assert head.tokenizer.tokenizer.cls_token_id == 2  # BiomedBERT: [PAD] [UNK] [CLS] ...

@@ -2,7 +2,7 @@
 
 The family, as the RadScribe paper describes it, assembled from transformers parts::
 
-    pixel_values -> ViTModel | ResNetModel -> linear -> image tokens
+    pixel_values -> ViTModel | ResNetModel | DenseNet-121 (timm) -> linear -> image tokens
     [CLS] image tokens [SEP] text tokens   -> BertModel (inputs_embeds, token types 0 / 1)
     optional label branch: pooled output -> 14 CheXpert logits; sigmoid probabilities weight a
         learned embedding per observation; the image positions attend to these label tokens
@@ -21,14 +21,27 @@ Loss is the decoder's cross-entropy plus ``label_loss_weight`` times the label B
     model.save_pretrained("ckpt")
     tokens = RadScribe.from_pretrained("ckpt").generate(pixel_values, max_new_tokens=64)
 
-DenseNet (the CNN of the original RadScribe) is not in transformers; ResNet stands in for the CNN.
-``VisionEncoderDecoderModel`` rejects a T5 decoder, so the decoder is wired here: a
-``T5ForConditionalGeneration`` whose encoder is removed and which always receives
+From pretrained parts (weights copied exactly; the parts that have no source are reported
+as freshly initialised)::
+
+    model = build_encoder_decoder_pretrained(
+        backbone="timm/densenet121.tv_in1k",  # or a ViT/ResNet id, or a torchvision .pth
+        joint="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
+        decoder="luqh/ClinicalT5-base",  # its decoder stack, lm_head and shared embeddings
+    )
+    model.image_settings()  # {"image_size", "image_mean", "image_std", "channels"}
+
+The CNN of the original RadScribe, DenseNet-121, is timm's ``densenet121`` inside transformers'
+``TimmWrapperModel`` (its parameter names are torchvision's, so torchvision weights load too);
+ViT and ResNet are transformers' models. Each backbone's last feature map (ViT: all tokens)
+becomes the image tokens. ``VisionEncoderDecoderModel`` rejects a T5 decoder, so the decoder is
+wired here: a ``T5ForConditionalGeneration`` whose encoder is removed and which always receives
 ``encoder_outputs``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -46,6 +59,8 @@ from transformers import (
     ResNetModel,
     T5Config,
     T5ForConditionalGeneration,
+    TimmWrapperConfig,
+    TimmWrapperModel,
     ViTConfig,
     ViTModel,
 )
@@ -56,7 +71,7 @@ from radixpert.vocab import OBSERVATIONS
 
 logger = logging.getLogger(__name__)
 
-Backbone = Literal["vit", "resnet"]
+Backbone = Literal["vit", "resnet", "densenet"]
 Stage = Literal["decoder", "end_to_end"]
 
 CONFIG_NAME = "radscribe_config.json"
@@ -66,7 +81,11 @@ FORMAT_VERSION = 1
 BACKBONES: dict[str, tuple[type[PretrainedConfig], type[nn.Module]]] = {
     "vit": (ViTConfig, ViTModel),
     "resnet": (ResNetConfig, ResNetModel),
+    "densenet": (TimmWrapperConfig, TimmWrapperModel),
 }
+# Backbones whose output is a (batch, channels, h, w) feature map, flattened to h*w tokens.
+_FEATURE_MAPS = ("resnet", "densenet")
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 STAGES: tuple[str, ...] = ("decoder", "end_to_end")
 # Parts frozen in the "decoder" stage: everything up to and including the joint encoder.
 ENCODER_PARTS: tuple[str, ...] = (
@@ -108,13 +127,16 @@ class RadScribe(nn.Module):
     Build it with `build_encoder_decoder`; the arguments mirror that function's.
 
     Args:
-        image_backbone: "vit" or "resnet".
-        backbone_config: A ViTConfig or ResNetConfig.
+        image_backbone: "vit", "resnet" or "densenet".
+        backbone_config: A ViTConfig, ResNetConfig, or TimmWrapperConfig of a timm DenseNet
+            (``architecture="densenet121"``).
         joint_config: BertConfig of the joint encoder; its ``input_ids`` vocabulary is the
             prompt/indication vocabulary.
         decoder_config: T5Config of the decoder; its vocabulary is the report vocabulary.
         label_branch: Whether to add the 14-observation classifier and label fusion.
         label_loss_weight: λ in lm_loss + λ·BCE.
+        image_config: The image settings the backbone was pretrained with (see
+            ``image_settings``); None derives them from the backbone's config.
     """
 
     def __init__(
@@ -125,6 +147,7 @@ class RadScribe(nn.Module):
         decoder_config: T5Config,
         label_branch: bool = True,
         label_loss_weight: float = 1.0,
+        image_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if image_backbone not in BACKBONES:
@@ -144,10 +167,19 @@ class RadScribe(nn.Module):
         self.label_loss_weight = float(label_loss_weight)
         self.num_labels = len(OBSERVATIONS)
         self.stage: Stage = "end_to_end"
+        self.image_config = dict(image_config) if image_config else None
 
         if image_backbone == "vit":
             self.backbone = ViTModel(backbone_config, add_pooling_layer=False)
             backbone_width = int(backbone_config.hidden_size)
+        elif image_backbone == "densenet":
+            if not str(backbone_config.architecture).startswith("densenet"):
+                raise ValueError(
+                    f"'densenet' needs a timm DenseNet architecture, got "
+                    f"{backbone_config.architecture!r} (backbone_config.architecture)"
+                )
+            self.backbone = model_cls(backbone_config)
+            backbone_width = int(self.backbone.timm_model.num_features)
         else:
             self.backbone = model_cls(backbone_config)
             backbone_width = int(backbone_config.hidden_sizes[-1])
@@ -197,10 +229,39 @@ class RadScribe(nn.Module):
                     part.eval()
         return self
 
+    def image_settings(self) -> dict[str, Any]:
+        """The image preprocessing the backbone was pretrained with, for the processor.
+
+        From the pretrained image processor config recorded at build time (ViT, ResNet), else
+        the timm ``pretrained_cfg`` (DenseNet), else the backbone config's size (ViT's
+        ``image_size``; 224 for a ResNet) with ImageNet statistics.
+
+        Returns:
+            ``image_size`` (square side fed to the backbone), ``image_mean``, ``image_std``
+            (one value per channel) and ``channels``.
+        """
+        if self.image_config:
+            return copy.deepcopy(self.image_config)
+        config = self.backbone.config
+        if self.image_backbone == "densenet":
+            cfg = getattr(config, "pretrained_cfg", None) or self.backbone.timm_model.pretrained_cfg
+            channels, size = int(cfg["input_size"][0]), int(cfg["input_size"][-1])
+            mean, std = list(cfg.get("mean", IMAGENET_MEAN)), list(cfg.get("std", IMAGENET_STD))
+        else:
+            channels = int(getattr(config, "num_channels", 3))
+            size = int(getattr(config, "image_size", 224))
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        return {
+            "image_size": size,
+            "image_mean": [float(v) for v in mean[:channels]],
+            "image_std": [float(v) for v in std[:channels]],
+            "channels": channels,
+        }
+
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Backbone features as tokens of the joint width, (batch, n_image, width)."""
         features = self.backbone(pixel_values=pixel_values).last_hidden_state
-        if self.image_backbone == "resnet":
+        if self.image_backbone in _FEATURE_MAPS:
             # (batch, channels, h, w) feature map -> h*w tokens.
             features = features.flatten(2).transpose(1, 2)
         return self.image_proj(features)
@@ -404,6 +465,8 @@ class RadScribe(nn.Module):
             "label_branch": self.label_branch,
             "label_loss_weight": self.label_loss_weight,
         }
+        if self.image_config:
+            payload["image_config"] = self.image_config
         payload.update({role: cfg.to_dict() for role, cfg in self.configs.items()})
         (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         # save_model keeps one copy of tied tensors (T5's shared embedding and lm_head).
@@ -442,6 +505,7 @@ class RadScribe(nn.Module):
             decoder_config=T5Config.from_dict(payload["decoder_config"]),
             label_branch=bool(payload["label_branch"]),
             label_loss_weight=float(payload["label_loss_weight"]),
+            image_config=payload.get("image_config"),
         )
         load_model(model, str(weights_path), strict=True)
         model.eval()
@@ -456,17 +520,20 @@ def build_encoder_decoder(
     decoder_config: T5Config,
     label_branch: bool = True,
     label_loss_weight: float = 1.0,
+    image_config: dict[str, Any] | None = None,
 ) -> RadScribe:
     """Builds a randomly initialised RadScribe model from its sub-configs.
 
     Args:
-        image_backbone: "vit" (ViTModel, all tokens kept) or "resnet" (ResNetModel, last
-            feature map flattened to tokens).
-        backbone_config: ViTConfig or ResNetConfig.
+        image_backbone: "vit" (ViTModel, all tokens kept), "resnet" (ResNetModel) or
+            "densenet" (timm DenseNet in ``TimmWrapperModel``); the CNNs' last feature map is
+            flattened to tokens.
+        backbone_config: ViTConfig, ResNetConfig or TimmWrapperConfig.
         joint_config: BertConfig of the joint encoder.
         decoder_config: T5Config of the decoder (``decoder_start_token_id`` required).
         label_branch: Add the 14-observation classifier and label-enhanced cross-attention.
         label_loss_weight: λ in lm_loss + λ·BCE.
+        image_config: Pretrained image settings to record (see `RadScribe.image_settings`).
 
     Returns:
         The model, in train mode, stage "end_to_end".
@@ -478,6 +545,7 @@ def build_encoder_decoder(
         decoder_config,
         label_branch=label_branch,
         label_loss_weight=label_loss_weight,
+        image_config=image_config,
     )
     logger.debug(
         "built RadScribe %s label_branch=%s with %d parameters",
@@ -486,6 +554,191 @@ def build_encoder_decoder(
         sum(p.numel() for p in model.parameters()),
     )
     return model
+
+
+# Parts of a RadScribe that no pretrained checkpoint provides.
+FRESH_PARTS: tuple[str, ...] = (
+    "image_proj",
+    "cls_embedding",
+    "sep_embedding",
+    "label_head",
+    "label_embeddings",
+    "label_fusion",
+    "label_norm",
+    "memory_proj",
+)
+_TORCH_FILES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _hub_id(name: str | Path) -> str:
+    """A transformers-readable id: timm's/open_clip's ``hf-hub:`` prefix dropped."""
+    text = str(name)
+    return text[len("hf-hub:") :] if text.startswith("hf-hub:") else text
+
+
+def _torchvision_densenet(path: Path) -> TimmWrapperModel:
+    """A torchvision ``densenet121`` state dict (same parameter names as timm's) in timm's
+    DenseNet-121; the classifier is dropped, everything else must match."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    model = TimmWrapperModel(TimmWrapperConfig(architecture="densenet121"))
+    missing, unexpected = model.timm_model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} is not a torchvision DenseNet-121 state dict: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    return model
+
+
+def _image_processor_settings(source: str, channels: int) -> dict[str, Any] | None:
+    """Size and statistics from a checkpoint's preprocessor_config.json, None without one."""
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    try:
+        settings, _ = ImageProcessingMixin.get_image_processor_dict(source)
+    except OSError:
+        return None
+    size = settings.get("size") or {}
+    crop = settings.get("crop_size") if settings.get("do_center_crop") else None
+    side = (crop or {}).get("height") or size.get("height") or size.get("shortest_edge")
+    if side is None or "image_mean" not in settings or "image_std" not in settings:
+        return None
+    mean, std = settings["image_mean"], settings["image_std"]
+    mean = [mean] * channels if isinstance(mean, (int, float)) else mean
+    std = [std] * channels if isinstance(std, (int, float)) else std
+    return {
+        "image_size": int(side),
+        "image_mean": [float(v) for v in mean[:channels]],
+        "image_std": [float(v) for v in std[:channels]],
+        "channels": channels,
+    }
+
+
+def _load_backbone(
+    backbone: str | Path, image_backbone: Backbone | None
+) -> tuple[Backbone, nn.Module, list[str], dict[str, Any] | None]:
+    """(kind, loaded model, its freshly initialised keys, image settings or None)."""
+    from transformers import AutoConfig
+
+    path = Path(str(backbone))
+    if path.suffix in _TORCH_FILES and path.is_file():
+        if image_backbone not in (None, "densenet"):
+            raise ValueError(f"{path}: a weights file is read as a DenseNet-121 state dict")
+        return "densenet", _torchvision_densenet(path), [], None
+    source = _hub_id(backbone)
+    config = AutoConfig.from_pretrained(source)
+    kinds = {"vit": "vit", "resnet": "resnet", "timm_wrapper": "densenet"}
+    kind = kinds.get(config.model_type)
+    if kind is None or (image_backbone is not None and image_backbone != kind):
+        raise ValueError(
+            f"{backbone}: a {config.model_type!r} checkpoint is not a RadScribe backbone "
+            f"{image_backbone or sorted(BACKBONES)}"
+        )
+    if kind == "densenet":
+        # timm's save_for_hf records num_classes and global_pool in model_args, which the
+        # wrapper (built without a classifier) refuses; they do not change the features.
+        args = {k: v for k, v in (config.model_args or {}).items()
+                if k not in ("num_classes", "global_pool")}  # fmt: skip
+        config.model_args = args or None
+        model, info = TimmWrapperModel.from_pretrained(
+            source, config=config, output_loading_info=True
+        )
+    elif kind == "vit":
+        model, info = ViTModel.from_pretrained(
+            source, add_pooling_layer=False, output_loading_info=True
+        )
+    else:
+        model, info = ResNetModel.from_pretrained(source, output_loading_info=True)
+    settings = None
+    if kind != "densenet":  # DenseNet's settings travel in its config's pretrained_cfg
+        settings = _image_processor_settings(source, int(getattr(model.config, "num_channels", 3)))
+    return kind, model, sorted(info["missing_keys"]), settings
+
+
+def build_encoder_decoder_pretrained(
+    backbone: str | Path,
+    joint: str | Path,
+    decoder: str | Path,
+    label_branch: bool = True,
+    label_loss_weight: float = 1.0,
+    image_backbone: Backbone | None = None,
+) -> RadScribe:
+    """A RadScribe whose backbone, joint encoder and decoder carry pretrained weights.
+
+    Sources are hub ids or local folders, read with ``from_pretrained`` (``HF_HUB_OFFLINE``
+    and ``HF_HOME`` apply). The weights are copied exactly; the image projection, the
+    [CLS]/[SEP] embeddings, the label branch and the memory projection (when the joint and
+    decoder widths differ) have no source: they, and any key a checkpoint lacked, are logged
+    as freshly initialised.
+
+    Args:
+        backbone: A DenseNet-121 in timm's hub layout (``timm/densenet121.tv_in1k``, also
+            with timm's ``hf-hub:`` prefix), a torchvision ``densenet121`` state-dict file
+            (.pth/.pt/.bin/.safetensors), a ViT (``google/vit-base-patch16-224-in21k``) or a
+            ResNet (``microsoft/resnet-50``). The kind is read from the checkpoint's config.
+        joint: A BERT checkpoint (``google-bert/bert-base-uncased``, BiomedBERT); its pooler
+            feeds the label branch.
+        decoder: A T5 checkpoint (``google-t5/t5-small``, Clinical-T5 ``luqh/ClinicalT5-base``):
+            its decoder stack, ``lm_head`` and shared embeddings are kept, the encoder dropped.
+        label_branch: Add the 14-observation classifier and label fusion.
+        label_loss_weight: λ in lm_loss + λ·BCE.
+        image_backbone: Expected kind ("vit", "resnet", "densenet"); None accepts any.
+
+    Returns:
+        The model in train mode, stage "end_to_end"; ``image_settings()`` gives the backbone's
+        pretrained preprocessing.
+
+    Raises:
+        ValueError: When ``backbone`` is no supported backbone (or not the expected kind).
+    """
+    kind, vision, fresh_keys, settings = _load_backbone(backbone, image_backbone)
+    bert, bert_info = BertModel.from_pretrained(
+        _hub_id(joint), add_pooling_layer=True, output_loading_info=True
+    )
+    t5 = T5ForConditionalGeneration.from_pretrained(_hub_id(decoder))
+    model = build_encoder_decoder(
+        kind,
+        vision.config,
+        bert.config,
+        t5.config,
+        label_branch=label_branch,
+        label_loss_weight=label_loss_weight,
+        image_config=settings,
+    )
+    model.backbone.load_state_dict(vision.state_dict(), strict=True)
+    model.joint.load_state_dict(bert.state_dict(), strict=True)
+    decoder_state = {k: v for k, v in t5.state_dict().items() if not k.startswith("encoder.")}
+    model.t5.load_state_dict(decoder_state, strict=True)
+    model.train()
+
+    fresh = [f"backbone.{k}" for k in fresh_keys]
+    fresh += [f"joint.{k}" for k in sorted(bert_info["missing_keys"])]
+    # memory_proj is an Identity (no parameters) when the joint and decoder widths agree.
+    parts = [name for name in FRESH_PARTS if hasattr(model, name) and _params(model, name)]
+    fresh += parts
+    count = sum(p.numel() for name in parts for p in _params(model, name))
+    logger.info(
+        "RadScribe from %s + %s + %s: freshly initialised %s (%d new-part parameters of %d)",
+        backbone,
+        joint,
+        decoder,
+        ", ".join(fresh),
+        count,
+        sum(p.numel() for p in model.parameters()),
+    )
+    return model
+
+
+def _params(model: RadScribe, name: str) -> list[nn.Parameter]:
+    part = getattr(model, name)
+    return [part] if isinstance(part, nn.Parameter) else list(part.parameters())
 
 
 def set_stage(model: RadScribe, stage: Stage) -> RadScribe:
@@ -519,7 +772,8 @@ def set_stage(model: RadScribe, stage: Stage) -> RadScribe:
 
 
 def tiny_configs(image_backbone: Backbone = "vit") -> dict[str, PretrainedConfig]:
-    """Tiny sub-configs for tests: 32 px images, width 32, vocabularies of 64."""
+    """Tiny sub-configs for tests: 32 px images, width 32, vocabularies of 64 (DenseNet: the
+    full-size DenseNet-121, as timm defines no smaller one)."""
     if image_backbone == "vit":
         backbone: PretrainedConfig = ViTConfig(
             image_size=32,
@@ -538,6 +792,10 @@ def tiny_configs(image_backbone: Backbone = "vit") -> dict[str, PretrainedConfig
             depths=[1, 1],
             layer_type="basic",
         )
+    elif image_backbone == "densenet":
+        # timm has no smaller DenseNet-121 (its depth and growth rate are the architecture's):
+        # the real one, 7 M parameters; at 32 px its last feature map is 1x1 (one token).
+        backbone = TimmWrapperConfig(architecture="densenet121")
     else:
         raise ValueError(
             f"image_backbone must be one of {sorted(BACKBONES)}, got {image_backbone!r}"

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from radixpert.errors import RecipeError, UsageError
+from radixpert.models.spec import HCFOptions, ModelSpec
 from radixpert.models.trainability import (
     LLAVA_COMPONENTS,
     MLLAMA_COMPONENTS,
@@ -53,7 +54,6 @@ from radixpert.vocab import CONNECTORS, FAMILIES, SIZES
 
 if TYPE_CHECKING:
     from radixpert.models.processor import RadProcessor
-    from radixpert.train.recipe import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +190,6 @@ def _own_connector(spec: ModelSpec) -> str | None:
 def _hcf_options(config: Any, spec: ModelSpec) -> Any:
     """The recipe's HCF options; without them, those of a size that has an HCF already
     (``tiny-llava-hcf``: its builder's), else the defaults."""
-    from radixpert.train.recipe import HCFOptions
-
     if spec.hcf is not None:
         return spec.hcf
     if not getattr(config, "model_type", "").startswith("radixpert_hcf_"):

@@ -9,7 +9,7 @@ from building the connector itself on the meta device.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +20,14 @@ from radixpert import vocab
 from radixpert.errors import UnknownName
 from radixpert.models.connectors import HCF
 from radixpert.models.sizes import SIZES, build_meta
-from radixpert.models.trainability import (
-    DEFAULT_LORA_TARGETS,
-    LLAVA_COMPONENTS,
-    MLLAMA_COMPONENTS,
-    ONEVISION_COMPONENTS,
-    parameter_report,
-)
-
-# RadScribe: backbone + image projection = vision; joint encoder, [CLS]/[SEP] and label
-# branch = connector; the T5 decoder (with the memory projection) = language model.
-ENCODER_DECODER_COMPONENTS: dict[str, Any] = {
-    "vision_tower": re.compile(r"backbone|image_proj"),
-    "connector": re.compile(
-        r"joint|cls_embedding|sep_embedding|label_embeddings|label_fusion|label_head|label_norm"
-    ),
-    "language_model": re.compile(r"t5|memory_proj"),
-}
+from radixpert.models.trainability import DEFAULT_LORA_TARGETS, parameter_report
 
 
-def component_prefixes(model: nn.Module) -> dict[str, Any]:
-    """The component prefixes (vision tower, connector, language model) of a model's family."""
-    if not hasattr(model, "config"):  # RadScribe keeps three sub-configs instead
-        return ENCODER_DECODER_COMPONENTS
-    return {"mllama": MLLAMA_COMPONENTS, "llava_onevision": ONEVISION_COMPONENTS}.get(
-        model.config.model_type, LLAVA_COMPONENTS
-    )
+def component_prefixes(model: nn.Module) -> Mapping[str, Any]:
+    """The component prefixes of a model's family (``families.components_of``)."""
+    from radixpert.models.families import components_of
+
+    return components_of(model)
 
 
 TINY_NAMES: tuple[str, ...] = tuple(n for n, s in vocab.SIZES.items() if not s.published)
@@ -63,16 +45,30 @@ def _tiny(name: str) -> nn.Module | None:
     return getattr(importlib.import_module(f"radixpert.models.{module}"), fn)(**size.options)
 
 
-def _from_config(path: Path) -> nn.Module:
-    """A model built on the meta device from a saved config.json (or a folder holding one)."""
+def _from_config(path: Path | str) -> nn.Module:
+    """A model built on the meta device from a saved config.json, a folder holding one, or a
+    Hugging Face id in the local cache (only its config is read)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from radixpert.models.llava import register_auto_classes
+    from radixpert.models import llava, mllama
 
-    register_auto_classes()
-    cfg = AutoConfig.from_pretrained(path.parent if path.is_file() else path)
+    llava.register_auto_classes()
+    mllama.register_auto_classes()
+    if isinstance(path, Path) and path.is_file():
+        path = path.parent
+    cfg = AutoConfig.from_pretrained(path)
     with torch.device("meta"):
         return AutoModelForImageTextToText.from_config(cfg)
+
+
+def _cached_config(name: str) -> nn.Module | None:
+    """The model of hub id ``name`` on the meta device if its config is in the cache."""
+    if name.count("/") != 1:
+        return None
+    try:
+        return _from_config(name)
+    except OSError:
+        return None
 
 
 def lora_parameters(model: nn.Module, rank: int, targets: tuple[str, ...]) -> int:
@@ -131,10 +127,13 @@ def model_info(name: str, rank: int = 64) -> str:
         model, how = tiny, "tiny, random weights"
     elif Path(name).exists():
         model, how = _from_config(Path(name)), "from its config, on the meta device"
+    elif (model := _cached_config(name)) is not None:
+        how = "from its config in the local hub cache, on the meta device"
     else:
         raise UnknownName(
             f"unknown model {name!r}: give a named size ({', '.join(SIZES)}), a "
-            f"tiny family ({', '.join(TINY_NAMES)}) or a config.json / model folder"
+            f"tiny family ({', '.join(TINY_NAMES)}), a config.json / model folder, a Hugging "
+            "Face id in the local cache, or a recipe (`radixpert model info msa_lora`)"
         )
     rows = parameter_report(model, component_prefixes(model))
     total = rows[-1]["total"]

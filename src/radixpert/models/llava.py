@@ -12,7 +12,8 @@ saving and peft come from transformers:
 
 - ``connector="mlp"`` is plain Llava (LLaVA-1.5's projector on ``vision_feature_layer``); its
   checkpoints load in any tool that reads Llava.
-- ``connector="hcf"`` is ``HCFLlavaForConditionalGeneration``, a Llava subclass whose
+- ``connector="hcf"`` is ``HCFLlavaForConditionalGeneration`` (defined in ``hcf_modeling``,
+  the self-contained module an export carries), a Llava subclass whose
   ``model.multi_modal_projector`` is an ``HCF`` (connectors.py). ``config.vision_feature_layer``
   holds the HCF depths (``fusion_layers`` by default), read from the vision tower's
   ``hidden_states`` exactly as Llava reads them (``vision_feature_select_strategy="default"``
@@ -39,14 +40,10 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import torch
-from huggingface_hub.dataclasses import strict
-from torch import Tensor, nn
 from transformers import (
     AutoConfig,
-    AutoModel,
     AutoModelForImageTextToText,
     CLIPVisionConfig,
     LlamaConfig,
@@ -54,192 +51,22 @@ from transformers import (
     LlavaForConditionalGeneration,
     PretrainedConfig,
 )
-from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrainedModel
 
 from radixpert.models._loading import load_by_model_type
-from radixpert.models.connectors import CONNECTOR_KINDS, HCF, prompt_mask
+from radixpert.models.connectors import CONNECTOR_KINDS
+from radixpert.models.hcf_modeling import (
+    LLAVA_HCF_MODEL_TYPE,
+    HCFLlavaConfig,
+    HCFLlavaForConditionalGeneration,
+    HCFLlavaModel,
+)
 from radixpert.models.vision import fusion_layers
 
 logger = logging.getLogger(__name__)
 
-HCF_MODEL_TYPE = "radixpert_hcf_llava"
+HCF_MODEL_TYPE = LLAVA_HCF_MODEL_TYPE
 # Vision configs whose encoders have no CLS token: Llava's "default" strategy would drop a patch.
 _NO_CLS = ("siglip_vision_model", "siglip2_vision_model")
-
-
-@strict
-class HCFLlavaConfig(LlavaConfig):
-    """``LlavaConfig`` plus the HCF connector's settings (``vision_feature_layer``: its depths).
-
-    Args:
-        hcf_gate: ``"learned"`` or ``"equal"`` (see ``HCF``).
-        hcf_num_heads: Cross-attention heads; must divide the text hidden size.
-        hcf_gate_hidden: Hidden width of the gate MLP.
-        hcf_dropout: Attention dropout inside the HCF.
-    """
-
-    model_type = HCF_MODEL_TYPE
-
-    hcf_gate: Literal["learned", "equal"] = "learned"
-    hcf_num_heads: int = 8
-    hcf_gate_hidden: int = 256
-    hcf_dropout: float = 0.0
-
-
-class HCFLlavaModel(LlavaModel):
-    """``LlavaModel`` with an ``HCF`` as ``multi_modal_projector``."""
-
-    config_class = HCFLlavaConfig
-
-    def __init__(self, config: HCFLlavaConfig) -> None:
-        # LlavaModel.__init__ would build (and then waste) a projector; build the parts here.
-        LlavaPreTrainedModel.__init__(self, config)
-        self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.multi_modal_projector = HCF(
-            config.vision_config.hidden_size,
-            config.text_config.hidden_size,
-            levels=len(_layers(config)),
-            gate=config.hcf_gate,
-            num_heads=config.hcf_num_heads,
-            gate_hidden=config.hcf_gate_hidden,
-            dropout=config.hcf_dropout,
-        )
-        self.language_model = AutoModel.from_config(config.text_config)
-        self.last_gate_weights: Tensor | None = None
-        self.post_init()
-
-    def get_level_states(self, pixel_values: Tensor) -> list[Tensor]:
-        """Vision hidden states at the HCF depths, lowest first, each (images, tokens, hidden).
-
-        Depths and the CLS handling follow Llava's ``vision_feature_layer`` and
-        ``vision_feature_select_strategy``.
-        """
-        outputs = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
-        states = [outputs.hidden_states[layer] for layer in _layers(self.config)]
-        if self.config.vision_feature_select_strategy == "default":
-            states = [state[:, 1:] for state in states]
-        return states
-
-    def get_image_features(  # type: ignore[override]
-        self,
-        pixel_values: Tensor,
-        text_embeds: Tensor | None = None,
-        text_mask: Tensor | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPooling:
-        """Fuses each image with its text; ``pooler_output`` holds h* per image, as in Llava.
-
-        Args:
-            pixel_values: (images, C, H, W).
-            text_embeds: (images, text tokens, text hidden), the prompt of each image's sample;
-                None fuses without text (the HCF's image-only mode).
-            text_mask: (images, text tokens), True where a text token is part of the prompt.
-            **kwargs: Accepted for Llava's signature and ignored.
-
-        Returns:
-            ``BaseModelOutputWithPooling`` with ``pooler_output`` a list of (tokens, text
-            hidden) tensors and ``attentions`` unset; the gate weights are in
-            ``self.last_gate_weights`` (images, levels), detached.
-        """
-        fused = self.multi_modal_projector(
-            self.get_level_states(pixel_values), text_embeds, text_mask
-        )
-        self.last_gate_weights = fused.gate_weights.detach()
-        return BaseModelOutputWithPooling(
-            last_hidden_state=fused.hidden, pooler_output=list(fused.hidden)
-        )
-
-
-class HCFLlavaForConditionalGeneration(LlavaForConditionalGeneration):
-    """Llava whose connector is an HCF fed by the vision depths and the embedded prompt.
-
-    ``last_gate_weights`` holds the gate weights of the last forward that saw images,
-    (images, levels), detached; None before any.
-    """
-
-    config_class = HCFLlavaConfig
-
-    def __init__(self, config: HCFLlavaConfig) -> None:
-        # LlavaForConditionalGeneration.__init__ would build a whole plain LlavaModel first.
-        LlavaPreTrainedModel.__init__(self, config)
-        self.model = HCFLlavaModel(config)
-        self.lm_head = nn.Linear(
-            config.text_config.hidden_size, config.text_config.vocab_size, bias=False
-        )
-        self.last_gate_weights: Tensor | None = None
-        self.post_init()
-
-    def _supports_mm_encoder_outputs(self) -> bool:
-        # generate() would otherwise encode the images before prefill through
-        # get_image_features, without the prompt; forward() fuses them with it instead.
-        return False
-
-    def forward(  # type: ignore[override]
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Llava's forward with the images fused with the prompt by the HCF.
-
-        Arguments are Llava's. With ``pixel_values``, ``input_ids`` are required (they locate
-        the image tokens and the prompt); ``mm_encoder_outputs`` are refused, as they carry no
-        prompt.
-
-        Raises:
-            ValueError: On the inputs above, or when the image tokens of a sample are not a
-                whole number of images.
-        """
-        if kwargs.get("mm_encoder_outputs"):
-            raise ValueError("the HCF connector fuses images with the prompt: pass pixel_values")
-        if pixel_values is not None:
-            if input_ids is None:
-                raise ValueError("the HCF connector needs input_ids with pixel_values")
-            features = self._fuse_images(input_ids, pixel_values, attention_mask, labels)
-            kwargs["mm_encoder_outputs"] = {"image": features}
-            self.last_gate_weights = self.model.last_gate_weights
-        return super().forward(
-            input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
-        )
-
-    def _fuse_images(
-        self,
-        input_ids: Tensor,
-        pixel_values: Tensor,
-        attention_mask: Tensor | None,
-        labels: Tensor | None,
-    ) -> BaseModelOutputWithPooling:
-        image_tokens = input_ids == self.config.image_token_index
-        prompt = prompt_mask(input_ids, attention_mask, labels, self.config.image_token_index,
-                             input_ids.shape, input_ids.device)  # fmt: skip
-        text_embeds = self.get_input_embeddings()(input_ids)
-        # Which sample's prompt each image gets: images fill the placeholders in order.
-        per_image = self.config.image_seq_length
-        counts = image_tokens.sum(dim=1)
-        if bool((counts % per_image).any()):
-            raise ValueError(
-                f"image tokens per sample {counts.tolist()} are not multiples of "
-                f"image_seq_length={per_image}"
-            )
-        owner = torch.repeat_interleave(
-            torch.arange(input_ids.shape[0], device=input_ids.device), counts // per_image
-        )
-        if owner.numel() != pixel_values.shape[0]:
-            raise ValueError(
-                f"{pixel_values.shape[0]} images but image tokens for {owner.numel()} "
-                f"({per_image} tokens each)"
-            )
-        return self.model.get_image_features(
-            pixel_values, text_embeds=text_embeds[owner], text_mask=prompt[owner]
-        )
-
-
-def _layers(config: LlavaConfig) -> list[int]:
-    layer = config.vision_feature_layer
-    return [layer] if isinstance(layer, int) else list(layer)
 
 
 def _image_seq_length(vision_config: PretrainedConfig, strategy: str) -> int:

@@ -15,15 +15,17 @@ and patch, the concatenation of the last hidden state and the states of the
 ``cross_attention_states`` the gated cross-attention layers of the text model attend to.
 
 With ``hcf`` the projector is replaced by an ``HCF`` (connectors.py), and fusion happens exactly
-there. The vision output is split back into its layer groups (``split_vision_output``), the
-groups named by ``config.hcf_groups`` are the HCF levels (default: the earliest intermediate
-layer, a middle one and the last hidden state), and each image's levels are fused with the
-embedded text prompt of its sample: the input embeddings of the attended tokens that are neither
-``<|image|>`` tokens nor training targets (``labels != -100``; the answer must not leak into the
-image). h* takes the projector output's place, shape (images x tiles, patches, text hidden), and
-is handed to transformers' own forward as ``cross_attention_states``, so masks, the KV cache
-and generation are transformers' own. In ``generate`` with the cache (the default) the images
-are fused once, at prefill, with the prompt; the cross-attention cache holds h* afterwards.
+there (``HCFMllamaForConditionalGeneration``, defined in ``hcf_modeling``, the self-contained
+module an export carries). The vision output is split back into its layer groups
+(``split_vision_output``), the groups named by ``config.hcf_groups`` are the HCF levels
+(default: the earliest intermediate layer, a middle one and the last hidden state), and each
+image's levels are fused with the embedded text prompt of its sample: the input embeddings of
+the attended tokens that are neither ``<|image|>`` tokens nor training targets (``labels !=
+-100``; the answer must not leak into the image). h* takes the projector output's place, shape
+(images x tiles, patches, text hidden), and is handed to transformers' own forward as
+``cross_attention_states``, so masks, the KV cache and generation are transformers' own. In
+``generate`` with the cache (the default) the images are fused once, at prefill, with the
+prompt; the cross-attention cache holds h* afterwards.
 
 Tiny random-init models must start the tanh cross-attention gates non-zero (``gate_init``):
 transformers initialises them to zero, and then the text model ignores the image.
@@ -37,11 +39,10 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from huggingface_hub.dataclasses import strict
-from torch import Tensor, nn
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -49,298 +50,22 @@ from transformers import (
     MllamaForConditionalGeneration,
 )
 from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
-from transformers.models.mllama.modeling_mllama import (
-    MllamaModel,
-    MllamaPreTrainedModel,
-    MllamaTextModel,
-    MllamaVisionModel,
-)
 
 from radixpert.models._loading import load_by_model_type
-from radixpert.models.connectors import HCF, prompt_mask
+from radixpert.models.hcf_modeling import (
+    MLLAMA_HCF_MODEL_TYPE,
+    HCFMllamaConfig,
+    HCFMllamaForConditionalGeneration,
+    HCFMllamaModel,
+    default_hcf_groups,
+    prompt_mask,
+    split_vision_output,
+)
 
 logger = logging.getLogger(__name__)
 
-HCF_MODEL_TYPE = "radixpert_hcf_mllama"
+HCF_MODEL_TYPE = MLLAMA_HCF_MODEL_TYPE
 HCF_OPTIONS: tuple[str, ...] = ("groups", "gate", "num_heads", "gate_hidden", "dropout")
-
-
-@strict
-class HCFMllamaConfig(MllamaConfig):
-    """``MllamaConfig`` plus the HCF connector's settings.
-
-    Args:
-        hcf_groups: Layer groups of the vision output used as HCF levels, lowest first, in the
-            numbering of ``split_vision_output`` (``j`` < k: ``intermediate_layers_indices[j]``;
-            k: the last hidden state). None: ``default_hcf_groups``.
-        hcf_gate: ``"learned"`` or ``"equal"`` (see ``HCF``).
-        hcf_num_heads: Cross-attention heads; must divide the text hidden size.
-        hcf_gate_hidden: Hidden width of the gate MLP.
-        hcf_dropout: Attention dropout inside the HCF.
-    """
-
-    model_type = HCF_MODEL_TYPE
-
-    hcf_groups: list[int] | None = None
-    hcf_gate: Literal["learned", "equal"] = "learned"
-    hcf_num_heads: int = 8
-    hcf_gate_hidden: int = 256
-    hcf_dropout: float = 0.0
-
-
-def default_hcf_groups(intermediate_layers_indices: list[int]) -> list[int]:
-    """Early, middle and last groups: the shallowest intermediate layer, a middle one, the output.
-
-    Args:
-        intermediate_layers_indices: The vision config's intermediate layers.
-
-    Returns:
-        Group numbers (see ``split_vision_output``) ordered by depth; all groups if 3 or fewer.
-    """
-    count = len(intermediate_layers_indices)
-    order = [*sorted(range(count), key=intermediate_layers_indices.__getitem__), count]
-    if len(order) <= 3:
-        return order
-    return [order[0], order[(len(order) - 1) // 2], order[-1]]
-
-
-def split_vision_output(states: Tensor, hidden: int) -> list[Tensor]:
-    """Splits Mllama's vision output into its layer groups.
-
-    The vision model concatenates the last hidden state (first ``hidden`` channels) with the
-    intermediate states stacked on a new last axis and flattened, so intermediate layer ``j``
-    sits at channels ``hidden + d * k + j``.
-
-    Args:
-        states: (..., hidden x (1 + k)) vision output.
-        hidden: The vision hidden size.
-
-    Returns:
-        k + 1 tensors (..., hidden): intermediate layers in config order, then the last state.
-    """
-    total = states.shape[-1]
-    if total % hidden:
-        raise ValueError(f"vision output width {total} is not a multiple of hidden {hidden}")
-    count = total // hidden - 1
-    inter = states[..., hidden:].unflatten(-1, (hidden, count))
-    return [inter[..., j] for j in range(count)] + [states[..., :hidden]]
-
-
-def _groups(config: HCFMllamaConfig) -> list[int]:
-    indices = list(config.vision_config.intermediate_layers_indices or [])
-    return list(config.hcf_groups) if config.hcf_groups else default_hcf_groups(indices)
-
-
-class HCFMllamaModel(MllamaModel):
-    """``MllamaModel`` whose ``multi_modal_projector`` is an ``HCF`` fed by the prompt."""
-
-    config_class = HCFMllamaConfig
-
-    def __init__(self, config: HCFMllamaConfig) -> None:
-        # MllamaModel.__init__ would build (and then waste) a Linear projector.
-        MllamaPreTrainedModel.__init__(self, config)
-        self.vocab_size = config.text_config.vocab_size
-        self.hidden_size = config.text_config.hidden_size
-        self.max_num_tiles = config.vision_config.max_num_tiles
-        self.vision_output_dim = config.vision_config.vision_output_dim
-        self.vision_model = MllamaVisionModel._from_config(config.vision_config)
-        self.language_model = MllamaTextModel._from_config(config.text_config)
-        groups = _groups(config)
-        available = len(config.vision_config.intermediate_layers_indices or []) + 1
-        if any(not 0 <= g < available for g in groups):
-            raise ValueError(f"hcf_groups {groups} outside the {available} vision layer groups")
-        self.multi_modal_projector = HCF(
-            config.vision_config.hidden_size,
-            config.text_config.hidden_size,
-            levels=len(groups),
-            gate=config.hcf_gate,
-            num_heads=config.hcf_num_heads,
-            gate_hidden=config.hcf_gate_hidden,
-            dropout=config.hcf_dropout,
-        )
-        self.last_gate_weights: Tensor | None = None
-        self.post_init()
-
-    def fuse_images(
-        self,
-        pixel_values: Tensor,
-        aspect_ratio_ids: Tensor,
-        aspect_ratio_mask: Tensor | None,
-        text_embeds: Tensor,
-        text_mask: Tensor,
-    ) -> Tensor:
-        """The cross-attention states h*: each image fused with its sample's prompt.
-
-        Args:
-            pixel_values: (batch, images, tiles, C, H, W).
-            aspect_ratio_ids: (batch, images), 1-based.
-            aspect_ratio_mask: (batch, images, tiles) or None.
-            text_embeds: (batch, text tokens, text hidden), the embedded sequence.
-            text_mask: (batch, text tokens), True at prompt positions (``prompt_mask``).
-
-        Returns:
-            (batch x images x tiles, patches, text hidden), where Mllama's projector output
-            goes; the gate weights (batch x images, levels) are in ``last_gate_weights``.
-        """
-        if aspect_ratio_ids is None:
-            raise ValueError("`aspect_ratio_ids` must be provided if `pixel_values` is provided")
-        if aspect_ratio_mask is None:
-            aspect_ratio_mask = torch.ones(
-                pixel_values.shape[:3], dtype=torch.long, device=pixel_values.device
-            )
-        states = self.vision_model(
-            pixel_values=pixel_values,
-            aspect_ratio_ids=aspect_ratio_ids,
-            aspect_ratio_mask=aspect_ratio_mask,
-        ).last_hidden_state  # (batch, images, tiles, patches, vision_output_dim)
-        batch, images, tiles, patches, _ = states.shape
-        groups = split_vision_output(states, self.config.vision_config.hidden_size)
-        levels = [
-            groups[g].reshape(batch * images, tiles * patches, -1) for g in _groups(self.config)
-        ]
-        owner = torch.arange(batch, device=states.device).repeat_interleave(images)
-        fused = self.multi_modal_projector(levels, text_embeds[owner], text_mask[owner])
-        self.last_gate_weights = fused.gate_weights.detach()
-        return fused.hidden.reshape(-1, patches, self.hidden_size)
-
-    def forward(  # type: ignore[override]
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: Tensor | None = None,
-        aspect_ratio_mask: Tensor | None = None,
-        aspect_ratio_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        inputs_embeds: Tensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Mllama's forward with ``pixel_values`` fused with the prompt by the HCF.
-
-        Arguments are ``MllamaModel``'s; the prompt is every attended non-image token (no
-        labels are seen here; ``HCFMllamaForConditionalGeneration`` also drops the targets).
-        """
-        if pixel_values is not None:
-            kwargs["cross_attention_states"] = self.fuse_from_text(
-                input_ids=input_ids,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                labels=None,
-                pixel_values=pixel_values,
-                aspect_ratio_ids=aspect_ratio_ids,
-                aspect_ratio_mask=aspect_ratio_mask,
-            )
-        return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
-
-    def fuse_from_text(
-        self,
-        input_ids: Tensor | None,
-        inputs_embeds: Tensor | None,
-        attention_mask: Tensor | None,
-        labels: Tensor | None,
-        pixel_values: Tensor,
-        aspect_ratio_ids: Tensor | None,
-        aspect_ratio_mask: Tensor | None,
-    ) -> Tensor:
-        """``fuse_images`` with the prompt taken from the text inputs (see ``prompt_mask``).
-
-        Args:
-            input_ids: (batch, text tokens), or None with ``inputs_embeds``.
-            inputs_embeds: (batch, text tokens, text hidden), or None with ``input_ids``.
-            attention_mask: (batch, text tokens) or None.
-            labels: (batch, text tokens) or None; targets (not -100) are not prompt.
-            pixel_values: (batch, images, tiles, C, H, W).
-            aspect_ratio_ids: (batch, images), 1-based.
-            aspect_ratio_mask: (batch, images, tiles) or None.
-
-        Returns:
-            The cross-attention states h*, as ``fuse_images``.
-
-        Raises:
-            ValueError: Unless exactly one of ``input_ids`` and ``inputs_embeds`` is given.
-        """
-        if (inputs_embeds is None) == (input_ids is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        mask = prompt_mask(
-            input_ids,
-            attention_mask,
-            labels,
-            self.config.image_token_index,
-            tuple(inputs_embeds.shape[:2]),
-            inputs_embeds.device,
-        )
-        return self.fuse_images(
-            pixel_values, aspect_ratio_ids, aspect_ratio_mask, inputs_embeds, mask
-        )
-
-
-class HCFMllamaForConditionalGeneration(MllamaForConditionalGeneration):
-    """Mllama whose cross-attention states are the HCF's fusion of vision depths and prompt.
-
-    ``last_gate_weights`` holds the gate weights of the last forward that saw images,
-    (images, levels), detached; None before any.
-    """
-
-    config_class = HCFMllamaConfig
-
-    def __init__(self, config: HCFMllamaConfig) -> None:
-        # MllamaForConditionalGeneration.__init__ would build a whole plain MllamaModel first.
-        MllamaPreTrainedModel.__init__(self, config)
-        self.model = HCFMllamaModel(config)
-        self.lm_head = nn.Linear(
-            config.text_config.hidden_size, config.text_config.vocab_size, bias=False
-        )
-        self.last_gate_weights: Tensor | None = None
-        self.post_init()
-
-    def _supports_mm_encoder_outputs(self) -> bool:
-        # The images are fused with the prompt inside forward, never encoded ahead of it.
-        return False
-
-    def forward(  # type: ignore[override]
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: Tensor | None = None,
-        aspect_ratio_mask: Tensor | None = None,
-        aspect_ratio_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        inputs_embeds: Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Mllama's forward; images become HCF-fused ``cross_attention_states``.
-
-        Arguments are ``MllamaForConditionalGeneration``'s. The HCF reads the prompt: attended,
-        non-image tokens whose label is -100 (or all attended non-image tokens without labels).
-
-        Raises:
-            ValueError: If both ``pixel_values`` and ``cross_attention_states`` are given.
-        """
-        if pixel_values is not None:
-            if kwargs.get("cross_attention_states") is not None:
-                raise ValueError("pass pixel_values or cross_attention_states, not both")
-            kwargs["cross_attention_states"] = self.model.fuse_from_text(
-                input_ids=input_ids,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                labels=labels,
-                pixel_values=pixel_values,
-                aspect_ratio_ids=aspect_ratio_ids,
-                aspect_ratio_mask=aspect_ratio_mask,
-            )
-            self.last_gate_weights = self.model.last_gate_weights
-        return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            **kwargs,
-        )
 
 
 def _as_config(config: MllamaConfig | dict[str, Any]) -> MllamaConfig:

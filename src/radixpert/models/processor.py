@@ -475,31 +475,42 @@ class RadProcessor:
             pieces.append((final[len(done) :], False))
         return pieces
 
-    def _encode_text(self, text: str) -> list[int]:
-        """Token ids of ``text``, each ``<image>`` expanded to ``image_seq_length`` tokens."""
-        ids: list[int] = []
-        parts = text.split(self.config.image_token)
-        for i, part in enumerate(parts):
-            if i:
-                ids.extend([self.image_token_id] * self.config.image_seq_length)
-            if part:
-                ids.extend(self.tokenizer(part, add_special_tokens=False)["input_ids"])
-        return ids
-
     def encode_conversation(
         self, conversation: Conversation, add_generation_prompt: bool = False
     ) -> tuple[list[int], list[int]]:
-        """(input_ids, labels) of one conversation, unpadded."""
+        """(input_ids, labels) of one conversation, unpadded.
+
+        The rendered conversation is tokenised once, as a whole, exactly as a serving engine
+        or the checkpoint's own processor tokenises the chat template's output (tokenising it
+        piece by piece would add tokens at the boundaries, e.g. a Metaspace tokenizer's "▁"):
+        the ids of training and serving are the same. Targets are the tokens that start inside
+        an answer's characters; each image placeholder then becomes ``image_seq_length``
+        image tokens.
+        """
         ids: list[int] = []
         labels: list[int] = []
         bos = self.tokenizer.bos_token_id
         if self.config.template == "vicuna" and bos is not None:
             ids.append(int(bos))
             labels.append(IGNORE_INDEX)
-        for text, target in self._segments(conversation, add_generation_prompt):
-            piece = self._encode_text(text)
-            ids.extend(piece)
-            labels.extend(piece if target else [IGNORE_INDEX] * len(piece))
+        text, spans, position = "", [], 0
+        for piece, target in self._segments(conversation, add_generation_prompt):
+            if target and piece:
+                spans.append((position, position + len(piece)))
+            text += piece
+            position += len(piece)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        span = 0
+        for token, (start, _) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+            while span < len(spans) and start >= spans[span][1]:
+                span += 1
+            target = span < len(spans) and spans[span][0] <= start
+            if token == self.image_token_id:
+                ids.extend([token] * self.config.image_seq_length)
+                labels.extend([IGNORE_INDEX] * self.config.image_seq_length)
+                continue
+            ids.append(int(token))
+            labels.append(int(token) if target else IGNORE_INDEX)
         if self.config.max_length is not None:
             ids, labels = ids[: self.config.max_length], labels[: self.config.max_length]
         return ids, labels

@@ -1,6 +1,8 @@
 """Vision towers: a transformers vision encoder that returns hidden states at chosen depths.
 
     tower = build_vision_tower("clip", pretrained="openai/clip-vit-large-patch14-336")
+    tower = build_vision_tower(
+        "open_clip", pretrained="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
     tower = build_vision_tower("dinov2", tiny_vision_config("dinov2"), channels_in=1)  # tests
     low, mid, last = tower(pixel_values, layers=[8, 16, -1])   # each (batch, tokens, hidden)
 
@@ -17,7 +19,9 @@ keeps them. SigLIP has no CLS, so both give the same tokens there.
 Radiographs are grayscale. A tower built with ``channels_in=1`` takes (batch, 1, H, W) input and
 replicates it to the encoder's channel count, so pretrained RGB weights are used unchanged.
 ``pretrained`` is a hub id or a local directory, read by ``from_pretrained``; with
-``HF_HUB_OFFLINE=1`` transformers reads only the local cache.
+``HF_HUB_OFFLINE=1`` transformers reads only the local cache. ``open_clip`` towers (BiomedCLIP,
+``radixpert.models.open_clip_tower``) take open_clip's names (``hf-hub:org/name`` or a local
+open_clip folder) and are loaded by open_clip.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ _KINDS: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel], dict[str,
     # The pooler is never used (we read hidden states); leaving it out avoids unused weights.
     "vit": (ViTConfig, ViTModel, {"add_pooling_layer": False}),
 }
-VISION_KINDS: tuple[str, ...] = (*_KINDS, "auto")
+VISION_KINDS: tuple[str, ...] = (*_KINDS, "open_clip", "auto")
 
 
 def _as_int(value: Any) -> int:
@@ -212,15 +216,18 @@ def build_vision_tower(
     """Builds a vision tower, random-init from a config or loaded from weights.
 
     Args:
-        kind: ``clip``, ``siglip``, ``dinov2``, ``vit``, or ``auto`` (any encoder that
-            ``AutoModel`` resolves and that has the config fields ``VisionTower`` reads).
+        kind: ``clip``, ``siglip``, ``dinov2``, ``vit``, ``open_clip`` (an open_clip timm
+            ViT, ``OpenClipVisionModel``; ``pretrained`` is an open_clip name), or ``auto``
+            (any encoder that ``AutoModel`` resolves and that has the config fields
+            ``VisionTower`` reads).
         config: A config or a dict of config fields. Without ``pretrained`` it is required and
             the model is random-init; with ``pretrained`` it replaces the stored config.
         pretrained: Hub id or local directory for ``from_pretrained``. A full CLIP/SigLIP
             checkpoint works for ``clip``/``siglip``: its vision part is read.
         feature_select: See ``VisionTower``.
         channels_in: See ``VisionTower``.
-        **model_kwargs: Passed to ``from_pretrained`` (e.g. ``dtype``).
+        **model_kwargs: Passed to ``from_pretrained`` (e.g. ``dtype``); for ``open_clip`` to
+            ``open_clip.create_model`` (e.g. ``precision``).
 
     Returns:
         The tower, in the wrapped model's mode: eval when loaded, training when random-init.
@@ -228,6 +235,8 @@ def build_vision_tower(
     Raises:
         ValueError: For an unknown kind, or when neither config nor pretrained is given.
     """
+    if kind == "open_clip":
+        return _open_clip_tower(config, pretrained, feature_select, channels_in, model_kwargs)
     if kind == "auto":
         config_cls: Any = AutoConfig
         model_cls: Any = AutoModel
@@ -246,6 +255,33 @@ def build_vision_tower(
             model = AutoModel.from_config(config, **extra)
         else:
             model = model_cls(config, **extra)
+    else:
+        raise ValueError("build_vision_tower needs a config (random init) or pretrained weights")
+    return VisionTower(model, feature_select=feature_select, channels_in=channels_in)
+
+
+def _open_clip_tower(
+    config: dict[str, Any] | PretrainedConfig | None,
+    pretrained: str | None,
+    feature_select: FeatureSelect,
+    channels_in: int | None,
+    model_kwargs: dict[str, Any],
+) -> VisionTower:
+    from radixpert.models.open_clip_tower import (
+        OpenClipVisionConfig,
+        OpenClipVisionModel,
+        load_open_clip_tower,
+    )
+
+    if pretrained is not None:
+        if config is not None:
+            raise ValueError("an open_clip tower takes its config from the checkpoint")
+        logger.info("loading open_clip vision tower from %s", pretrained)
+        model, _ = load_open_clip_tower(pretrained, **model_kwargs)
+    elif config is not None:
+        if isinstance(config, dict):
+            config = OpenClipVisionConfig(**config)
+        model = OpenClipVisionModel(config)
     else:
         raise ValueError("build_vision_tower needs a config (random init) or pretrained weights")
     return VisionTower(model, feature_select=feature_select, channels_in=channels_in)
