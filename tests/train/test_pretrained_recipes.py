@@ -102,3 +102,58 @@ def test_radvlm_from_the_hub_checkpoint(
     for prefix in ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model."):
         keys = [k for k in original if k.startswith(prefix) and original[k].is_floating_point()]
         assert any(not torch.equal(trained[k], original[k]) for k in keys), prefix
+
+
+BIOMEDCLIP = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+VICUNA = "lmsys/vicuna-7b-v1.5"
+
+
+@pytest.mark.slow
+def test_llava_rad_from_biomedclip_and_vicuna(
+    hub_checkpoint: Any, data_root: Path, tmp_path: Path
+) -> None:
+    import open_clip
+    from transformers import AutoModelForCausalLM
+
+    from radixpert.models.bundle import load_bundle
+
+    for repo in (BIOMEDCLIP, "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract", VICUNA):
+        hub_checkpoint(repo)
+    recipe = _sized("llava_rad", data_root)
+    assert recipe.model.parts["vision"] == f"hf-hub:{BIOMEDCLIP}"
+    summary = run_recipe(recipe, tmp_path / "run", log_with=(), progress=False, max_val=4)
+    assert [r["steps"] for r in summary["stages"].values()] == [2, 2, 2]
+    model, processor = load_bundle(summary["final_bundle"])
+    trained = unwrap(model.merge_and_unload()).state_dict()
+    clip = open_clip.create_model(f"hf-hub:{BIOMEDCLIP}", pretrained=f"hf-hub:{BIOMEDCLIP}")
+    # Stage 1 trained the image encoder contrastively: it moved away from BiomedCLIP's.
+    tower = {k.removeprefix("model.vision_tower.visual."): v for k, v in trained.items()
+             if k.startswith("model.vision_tower.visual.")}  # fmt: skip
+    original = clip.visual.state_dict()
+    assert set(tower) == set(original)
+    assert any(not torch.equal(tower[k], original[k]) for k in original)
+    # The language model: Vicuna's, with LoRA merged in stage 3 (so moved), rows for <image>
+    # and <pad> added.
+    vicuna = AutoModelForCausalLM.from_pretrained(VICUNA).state_dict()
+    layer = "layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(trained[f"model.language_model.{layer}"], vicuna[f"model.{layer}"])
+    mlp = "layers.0.mlp.down_proj.weight"  # not a LoRA target: untouched
+    assert torch.equal(trained[f"model.language_model.{mlp}"], vicuna[f"model.{mlp}"])
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_index
+
+
+@pytest.mark.slow
+def test_radscribe_from_densenet_bert_and_clinical_t5(
+    hub_checkpoint: Any, data_root: Path, tmp_path: Path
+) -> None:
+    from radixpert.models.bundle import load_bundle
+
+    for repo in ("timm/densenet121.tv_in1k", "google-bert/bert-base-uncased",
+                 "luqh/ClinicalT5-base"):  # fmt: skip
+        hub_checkpoint(repo)
+    recipe = _sized("radscribe", data_root)
+    summary = run_recipe(recipe, tmp_path / "run", log_with=(), progress=False, max_val=4)
+    assert [r["steps"] for r in summary["stages"].values()] == [2, 2]
+    model, processor = load_bundle(summary["final_bundle"])
+    assert model.image_backbone == "densenet"
+    assert processor.config.image_size == model.image_settings()["image_size"]

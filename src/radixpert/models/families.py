@@ -440,7 +440,7 @@ def _vision_part(source: str, kwargs: Mapping[str, Any]) -> tuple[nn.Module, Any
         from radixpert.models import open_clip_tower
 
         tower, preprocess = open_clip_tower.load_open_clip_tower(source)
-        return tower, open_clip_tower.image_processor(preprocess)
+        return tower, _open_clip_image_processor(preprocess)
     config = AutoConfig.from_pretrained(source)
     vision_config = getattr(config, "vision_config", None) or config
     model_class = AutoModel._model_mapping[type(vision_config)]
@@ -450,6 +450,29 @@ def _vision_part(source: str, kwargs: Mapping[str, Any]) -> tuple[nn.Module, Any
     except OSError:
         processor = None
     return tower, processor
+
+
+def _open_clip_image_processor(preprocess: Mapping[str, Any]) -> Any:
+    """An HF image processor doing what open_clip's eval transform does for a checkpoint:
+    resize the shortest side to the image size (its ``resize_mode`` "shortest"), centre crop,
+    normalise with the checkpoint's mean and std, bicubic unless it says otherwise."""
+    from transformers import CLIPImageProcessor
+    from transformers.image_utils import PILImageResampling
+
+    size = int(preprocess["image_size"])
+    mode = preprocess.get("resize_mode", "shortest")
+    if mode not in ("shortest", "squash"):
+        raise RecipeError(f"open_clip resize_mode {mode!r} has no HF image processor here")
+    interpolation = str(preprocess.get("interpolation", "bicubic")).upper()
+    resample = getattr(PILImageResampling, interpolation, PILImageResampling.BICUBIC)
+    return CLIPImageProcessor(
+        size={"shortest_edge": size} if mode == "shortest" else {"height": size, "width": size},
+        crop_size={"height": size, "width": size},
+        do_center_crop=mode == "shortest",
+        image_mean=list(preprocess["image_mean"]),
+        image_std=list(preprocess["image_std"]),
+        resample=resample,
+    )
 
 
 def _assemble_llava(spec: ModelSpec) -> tuple[nn.Module, Any, Any]:

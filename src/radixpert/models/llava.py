@@ -240,7 +240,11 @@ def demo_llava(connector: str = "hcf") -> LlavaForConditionalGeneration:
 
 
 def register_auto_classes() -> None:
-    """Lets ``AutoConfig`` and ``AutoModelForImageTextToText`` load HCF llava checkpoints."""
+    """Lets ``AutoConfig`` and ``AutoModelForImageTextToText`` load HCF llava checkpoints, and
+    ``AutoModel`` build open_clip vision towers (BiomedCLIP's) inside any Llava."""
+    from radixpert.models import open_clip_tower
+
+    open_clip_tower.register()
     AutoConfig.register(HCF_MODEL_TYPE, HCFLlavaConfig, exist_ok=True)
     AutoModelForImageTextToText.register(
         HCFLlavaConfig, HCFLlavaForConditionalGeneration, exist_ok=True
@@ -257,6 +261,7 @@ def load_llava(path: str | Path, **kwargs: Any) -> LlavaForConditionalGeneration
     Raises:
         ValueError: If the directory holds neither a Llava nor an HCF llava model.
     """
+    register_auto_classes()  # an open_clip tower's config type must be known first
     classes = {
         "llava": LlavaForConditionalGeneration,
         HCF_MODEL_TYPE: HCFLlavaForConditionalGeneration,

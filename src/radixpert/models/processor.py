@@ -223,6 +223,8 @@ class RadProcessor:
         config = model.config
         vision = config.vision_config
         mean, std = TOWER_STATS.get(vision.model_type, _CLIP_STATS)
+        if getattr(vision, "image_mean", None) and getattr(vision, "image_std", None):
+            mean, std = tuple(vision.image_mean), tuple(vision.image_std)  # open_clip towers
         channels = int(getattr(vision, "num_channels", 3))
         text_type = config.text_config.model_type
         seq_length = int(getattr(config, "image_seq_length", 1))
@@ -284,13 +286,12 @@ class RadProcessor:
     ) -> RadProcessor:
         """RadScribe settings: ViT's size and (0.5, 0.5) stats, ImageNet stats for ResNet (which
         has no fixed size: 224 unless ``image_size`` is overridden)."""
-        backbone = model.backbone.config
-        mean, std = _HALF_STATS if model.image_backbone == "vit" else _IMAGENET_STATS
-        channels = int(getattr(backbone, "num_channels", 3))
+        image = model.image_settings()  # the backbone's own pretraining statistics
+        channels = int(image["channels"])
         settings: dict[str, Any] = {
-            "image_size": int(getattr(backbone, "image_size", 224)),
-            "image_mean": list(mean[:channels]),
-            "image_std": list(std[:channels]),
+            "image_size": int(image["image_size"]),
+            "image_mean": list(image["image_mean"])[:channels],
+            "image_std": list(image["image_std"])[:channels],
             "channels": channels,
             "image_seq_length": 0,
             "family": "radscribe",

@@ -23,6 +23,12 @@ What it does:
   ``(seed, epoch)``, cut into groups of ``GROUP_BATCHES`` batches, sorted by length inside a
   group and batched, then the batch order is shuffled by the same generator. The batches form
   one stream across epochs, and every optimiser step takes the next ``grad_accum`` batches;
+* the batches come from a torch ``DataLoader`` whose ``num_workers`` processes read the
+  images and run the processor for the next batches while a step runs (pinned memory and
+  non-blocking copies on CUDA). Its batch sampler yields the plan's batches from the saved
+  position, and each batch's random draws are seeded by ``(seed, epoch, batch)``, so the
+  losses are the same with any number of workers and after a resume. An image a worker
+  cannot read raises ``ImageError`` naming the file in the training process;
 * every ``save_every`` steps (and at the end) a checkpoint ``checkpoints/step-000006`` holds
   ``Accelerator.save_state`` (model, optimiser, scheduler, RNG states) and ``position.json``
   (step, epoch, batch index of the next batch, last loss); ``checkpoint.json`` in ``out_dir``
@@ -36,6 +42,8 @@ it equal those of a run that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -43,13 +51,15 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from radixpert.errors import UnknownName, UsageError
+from radixpert.errors import InputError, RadixpertError, UnknownName, UsageError
 from radixpert.instruct.conversation import images_and_turns
 from radixpert.io import write_bytes, write_json
 from radixpert.models.connectors import IGNORE_INDEX
@@ -306,6 +316,193 @@ def _loss_tokens(batch: Mapping[str, torch.Tensor], causal: bool) -> int:
     return int((labels != IGNORE_INDEX).sum())
 
 
+# ------------------------------------------------------------------ data feeding
+#
+# A stage's micro-batches come from a torch DataLoader: worker processes read, letterbox and
+# tokenise the next batches while the training process runs the current step. The batch sampler
+# yields exactly the index lists of the length-grouped plan (this process's slice of each global
+# batch), from the saved position on resume, and the collate function is the processor call.
+
+PREFETCH_BATCHES = 2  # per worker: enough to hide a slow image read behind the step before it
+
+
+def default_num_workers() -> int:
+    """Worker processes per training process by default: all cores but one, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def _shard(indices: Sequence[int], world: int, rank: int) -> list[int]:
+    """This process's contiguous slice of a global batch (empty when the batch is too small)."""
+    size = math.ceil(len(indices) / world)
+    return list(indices[rank * size : (rank + 1) * size])
+
+
+class _BatchStream:
+    """The length-grouped plans of successive epochs as one stream of global batches.
+
+    ``epoch`` and ``batch`` are the position of the next batch (``batch`` may equal the plan's
+    length: the epoch is then rolled over on the next ``take``), as ``position.json`` saves it.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int, epoch: int, batch: int
+    ) -> None:
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.epoch, self.batch = epoch, batch
+        self.plan = length_grouped_batches(self.lengths, batch_size, seed, epoch)
+
+    def take(self) -> tuple[str, list[int]]:
+        """(tag ``train:EPOCH:BATCH``, example indices) of the next global batch."""
+        if self.batch >= len(self.plan):
+            self.epoch, self.batch = self.epoch + 1, 0
+            self.plan = length_grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch)
+        tag, indices = f"train:{self.epoch}:{self.batch}", self.plan[self.batch]
+        self.batch += 1
+        return tag, indices
+
+
+class _PlanSampler(Sampler[list[tuple[int, str]]]):
+    """Batch sampler: this process's part of the next ``count`` global batches of the plan.
+
+    Yields ``(example index, batch tag)`` pairs. A process whose slice of a small batch is
+    empty gets the batch's first example (the loop weighs its loss 0), as the loop always did.
+    """
+
+    def __init__(self, stream: _BatchStream, count: int, world: int, rank: int) -> None:
+        self.start = (stream.lengths, stream.batch_size, stream.seed, stream.epoch, stream.batch)
+        self.count, self.world, self.rank = count, world, rank
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[list[tuple[int, str]]]:
+        stream = _BatchStream(*self.start)
+        for _ in range(self.count):
+            tag, indices = stream.take()
+            mine = _shard(indices, self.world, self.rank) or indices[:1]
+            yield [(i, tag) for i in mine]
+
+
+class _ValidationSampler(Sampler[list[tuple[int, str]]]):
+    """Batch sampler of the held-out set: consecutive global batches, this process's slices."""
+
+    def __init__(self, n: int, global_batch: int, world: int, rank: int) -> None:
+        self.batches = []
+        for k, start in enumerate(range(0, n, global_batch)):
+            mine = _shard(range(start, min(start + global_batch, n)), world, rank)
+            if mine:
+                self.batches.append([(i, f"val:{k}") for i in mine])
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, str]]]:
+        return iter(self.batches)
+
+
+class _Examples(Dataset):
+    """The conversations keyed by ``(index, batch tag)``: image paths (under root) and turns."""
+
+    def __init__(self, conversations: Sequence[Any], root: Path) -> None:
+        self.conversations, self.root = conversations, root
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def __getitem__(self, key: tuple[int, str]) -> tuple[str, list[Path], list[dict[str, Any]]]:
+        index, tag = key
+        paths, turns = images_and_turns(self.conversations[index])
+        return tag, [self.root / p for p in paths], turns
+
+
+@contextlib.contextmanager
+def _seeded(key: str) -> Iterator[None]:
+    """Seeds ``random``, numpy and torch (CPU) from ``key`` inside, and restores them after.
+
+    A batch's random draws (any augmentation in the processor) then depend on the run seed and
+    the batch's place in the plan alone: the same with 0, 1 or 4 workers and after a resume,
+    and building a batch in the training process leaves its own random streams untouched.
+    """
+    value = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+    saved_random, saved_numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(value)
+        np.random.seed(value % 2**32)
+        torch.manual_seed(value)
+        try:
+            yield
+        finally:
+            random.setstate(saved_random)
+            np.random.set_state(saved_numpy)
+
+
+class _Collate:
+    """collate_fn: the processor call on one micro-batch; returns ``(batch tag, tensors)``.
+
+    Args:
+        processor: The ``RadProcessor``.
+        seed: The run seed (with the batch tag, the seed of the batch's random draws).
+        contrastive: Build image-report pairs (``contrastive_batch``: the first image and the
+            last turn of each conversation) instead of conversations.
+    """
+
+    def __init__(self, processor: Any, seed: int, contrastive: bool, head: Any = None) -> None:
+        self.processor, self.seed, self.contrastive = processor, seed, contrastive
+        # The contrastive head, when it tokenizes reports itself (open_clip's text tower:
+        # its tokenizer). Workers get a copy of it; only its tokenize() is used there.
+        self.head = head
+
+    def __call__(
+        self, examples: Sequence[tuple[str, list[Path], list[dict[str, Any]]]]
+    ) -> tuple[str, dict[str, torch.Tensor]]:
+        tag = examples[0][0]
+        images = [paths for _, paths, _ in examples]
+        turns = [conv for _, _, conv in examples]
+        try:
+            with _seeded(f"radixpert.loop.batch:{self.seed}:{tag}"):
+                if self.contrastive:
+                    from radixpert.train.contrastive import contrastive_batch
+
+                    reports = [conv[-1]["value"] for conv in turns]
+                    batch = contrastive_batch(
+                        self.processor, [p[0] for p in images], reports, head=self.head
+                    )
+                else:
+                    batch = self.processor(images if any(images) else None, turns)
+        except RadixpertError:
+            raise  # an ImageError already names the file that failed
+        except (OSError, ValueError) as e:
+            files = ", ".join(str(p) for paths in images for p in paths) or "no images"
+            raise InputError(f"cannot build batch {tag} ({files}): {e}") from e
+        return tag, batch
+
+
+def _loader(
+    examples: _Examples,
+    sampler: Sampler[list[tuple[int, str]]],
+    collate: _Collate,
+    num_workers: int,
+    device: torch.device,
+    seed: int,
+    persistent: bool,
+) -> DataLoader:
+    """A DataLoader of ready batches (pinned on CUDA, for non-blocking copies)."""
+    # Without a generator the DataLoader draws its workers' base seed from the global torch
+    # RNG at each iteration, which would shift the dropout masks of the steps that follow.
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        examples,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=PREFETCH_BATCHES if num_workers else None,
+        persistent_workers=persistent and num_workers > 0,
+        generator=generator,
+    )
+
+
 def train_stage(
     model: Any,
     processor: Any,
@@ -327,6 +524,7 @@ def train_stage(
     progress: bool = True,
     global_step_offset: int = 0,
     accelerator: Any = None,
+    num_workers: int | None = None,
 ) -> dict[str, Any]:
     """Trains ``model`` for one stage; resumes exactly from a checkpoint in ``out_dir``.
 
@@ -358,6 +556,10 @@ def train_stage(
         global_step_offset: Added to the step in tracker logs, so stages line up in one plot.
         accelerator: An ``accelerate.Accelerator`` to use; by default one is made from the
             stage's mixed precision and accumulation.
+        num_workers: DataLoader worker processes per training process that build the next
+            batches (read and letterbox the images, tokenise) while a step runs; 0 builds
+            each batch in the training process. Default ``default_num_workers()``: all cores
+            but one, at most 4. The losses do not depend on it.
 
     Returns:
         ``final_loss`` (mean loss of the last step, None if no step ran), ``steps`` (the
@@ -367,7 +569,10 @@ def train_stage(
         validation metrics) and ``model`` (the trained model, unwrapped from accelerate).
 
     Raises:
-        ValueError: On an empty data set or a stage objective this loop cannot train.
+        ValueError: On an empty data set, a stage objective this loop cannot train or a
+            negative ``num_workers``.
+        ImageError: An image of a batch cannot be read (the message names the file), also
+            when a worker process read it.
 
     Batches and loss: ``stage.batch_size`` is per process; each micro-step takes one global
     batch of ``batch_size x num_processes`` examples from the length-grouped plan and every
@@ -384,6 +589,9 @@ def train_stage(
         raise ValueError(f"objective {stage.objective!r} is not supported")
     if not conversations:
         raise ValueError("no conversations to train on")
+    workers = default_num_workers() if num_workers is None else int(num_workers)
+    if workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(image_root)
@@ -417,6 +625,7 @@ def train_stage(
         # head a task does not use): DDP must then look for them each step, as the
         # transformers Trainer does by default. The loop's checkpointing is non-reentrant,
         # which works with that search.
+        _fit_accelerator_state(stage.mixed_precision)
         accelerator = Accelerator(
             mixed_precision=stage.mixed_precision,
             gradient_accumulation_steps=stage.grad_accum,
@@ -487,23 +696,21 @@ def train_stage(
     resumed_from = step
     stopped = bool(found and found[1].get("stopped_early"))
 
-    def make_batch(items: Sequence[Any]) -> dict[str, torch.Tensor]:
-        images, turns = [], []
-        for item in items:
-            paths, conv = images_and_turns(item)
-            images.append([root / p for p in paths])
-            turns.append(conv)
-        use_images = any(images)
-        batch = processor(images if use_images else None, turns)
-        return {k: v.to(accelerator.device) for k, v in batch.items()}
+    # The DataLoaders are not given to accelerator.prepare: it would re-shard them by process
+    # (whole batches per process, padded with repeated examples to even counts) and resume by
+    # skipping batches, while the loop gives every process its slice of each global batch, so
+    # that the step's loss denominator spans all processes and N processes train as one with
+    # the same global batch, and restarts its sampler at the saved plan position.
+    own_tokenizer = contrastive is not None and hasattr(contrastive, "tokenizer")
+    collate = _Collate(processor, seed, contrastive is not None,
+                       head=contrastive if own_tokenizer else None)  # fmt: skip
 
-    def shard(indices: list[int]) -> list[int]:
-        size = math.ceil(len(indices) / world)
-        return indices[rank * size : (rank + 1) * size]
+    def to_device(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # non_blocking: from pinned memory the copy overlaps the step (a no-op on the CPU).
+        return {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
 
-    def lm_loss(items: Sequence[Any], denominator: int) -> tuple[torch.Tensor, float]:
+    def lm_loss(batch: Mapping[str, torch.Tensor], denominator: int) -> tuple[torch.Tensor, float]:
         """(loss to backpropagate, this shard's share of the step's mean token loss)."""
-        batch = make_batch(items)
         local = _loss_tokens(batch, causal)
         loss = model(**batch).loss
         summed = loss * local
@@ -511,18 +718,24 @@ def train_stage(
         # gradient is that of sum(token losses) / (tokens of the whole step).
         return summed * stage.grad_accum * world / denominator, float(summed.detach()) / denominator
 
-    def contrastive_loss(items: Sequence[Any]) -> tuple[torch.Tensor, float]:
-        from radixpert.train.contrastive import contrastive_batch
+    def contrastive_loss(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
         from radixpert.train.contrastive import contrastive_loss as clip_loss
 
-        images = [root / images_and_turns(c)[0][0] for c in items]
-        reports = [images_and_turns(c)[1][-1]["value"] for c in items]
-        batch = contrastive_batch(processor, images, reports)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         loss = clip_loss(model, contrastive, batch)
         # Each process contrasts its own shard (local negatives), as open_clip without
         # gather_with_grad; accelerate and DDP then average the shards' gradients.
         return loss, float(loss.detach())
+
+    # Validation runs every eval_every steps: its workers stay up between evaluations.
+    val_loader = _loader(
+        _Examples(val_conversations, root),
+        _ValidationSampler(len(val_conversations), global_batch, world, rank),
+        collate,
+        workers,
+        accelerator.device,
+        seed,
+        persistent=True,
+    )
 
     @torch.no_grad()
     def validate() -> dict[str, float]:
@@ -530,18 +743,13 @@ def train_stage(
         if val_conversations:
             model.eval()
             total, tokens = 0.0, 0
-            for i in range(0, len(val_conversations), global_batch):
-                items = [
-                    val_conversations[j]
-                    for j in shard(list(range(i, min(i + global_batch, len(val_conversations)))))
-                ]
-                if not items:
-                    continue
+            for _, loaded in val_loader:
+                batch = to_device(loaded)
                 if contrastive is not None:
-                    total += contrastive_loss(items)[1] * len(items)
-                    tokens += len(items)
+                    size = int(batch["pixel_values"].shape[0])
+                    total += contrastive_loss(batch)[1] * size
+                    tokens += size
                     continue
-                batch = make_batch(items)
                 n = _loss_tokens(batch, causal)
                 total += float(model(**batch).loss) * n
                 tokens += n
@@ -568,8 +776,8 @@ def train_stage(
             numeric = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, int | float)}
             accelerator.log(numeric, step=global_step_offset + step)
 
-    plan = length_grouped_batches(plan_lengths, global_batch, seed, epoch)
-    epoch_steps = max(1, len(plan) // stage.grad_accum)
+    stream = _BatchStream(plan_lengths, global_batch, seed, epoch, batch_index)
+    epoch_steps = max(1, len(stream.plan) // stage.grad_accum)
     eval_every = stage.eval_every or epoch_steps
     losses: list[float] = []
     validation: dict[str, float] = {}
@@ -583,32 +791,46 @@ def train_stage(
         dynamic_ncols=True,
     )
     model.train()
+    feed: Iterator[tuple[str, dict[str, torch.Tensor]]] = iter(())
+    if step < steps_total and not stopped:
+        # The loader walks its own copy of the stream, from the same position, and tags each
+        # batch with its place in the plan: the loop checks that it gets the batch it expects.
+        sampler = _PlanSampler(stream, (steps_total - step) * stage.grad_accum, world, rank)
+        feed = iter(
+            _loader(
+                _Examples(conversations, root),
+                sampler,
+                collate,
+                workers,
+                accelerator.device,
+                seed,
+                persistent=False,  # one pass over the sampler
+            )
+        )
     tick, seen, seen_tokens = time.perf_counter(), 0, 0
     while step < steps_total and not stopped:
-        micro: list[list[int]] = []
-        for _ in range(stage.grad_accum):
-            if batch_index >= len(plan):
-                epoch, batch_index = epoch + 1, 0
-                plan = length_grouped_batches(plan_lengths, global_batch, seed, epoch)
-            micro.append(plan[batch_index])
-            batch_index += 1
+        micro = [stream.take() for _ in range(stage.grad_accum)]
+        epoch, batch_index = stream.epoch, stream.batch
         # RadScribe's labels are in the decoder's vocabulary: it keeps its own mean loss.
-        denominator = sum(answer[i] for b in micro for i in b) if answer is not None else 0
+        denominator = sum(answer[i] for _, b in micro for i in b) if answer is not None else 0
         summed = 0.0
-        for indices in micro:
-            mine = shard(indices)
+        for tag, indices in micro:
+            mine = _shard(indices, world, rank)
             # A batch smaller than the process count leaves some process without examples;
             # it still runs one (weight 0) so that every process takes part in the all-reduce.
             weight = 1.0 if mine else 0.0
-            items = [conversations[i] for i in (mine or indices[:1])]
+            loaded_tag, loaded = next(feed)
+            if loaded_tag != tag:
+                raise RuntimeError(f"the data loader gave batch {loaded_tag}, expected {tag}")
+            batch = to_device(loaded)
             with accelerator.accumulate(model):
                 if contrastive is not None:
-                    loss, value = contrastive_loss(items)
+                    loss, value = contrastive_loss(batch)
                     value /= stage.grad_accum * world
                 elif denominator:
-                    loss, value = lm_loss(items, denominator)
+                    loss, value = lm_loss(batch, denominator)
                 else:
-                    loss = model(**make_batch(items)).loss
+                    loss = model(**batch).loss
                     value = float(loss.detach()) / (stage.grad_accum * world)
                 loss, value = loss * weight, value * weight
                 accelerator.backward(loss)
@@ -709,6 +931,21 @@ def train_stage(
         "validation": validation,
         "model": accelerator.unwrap_model(model),
     }
+
+
+def _fit_accelerator_state(mixed_precision: str) -> None:
+    """Lets a stage set its own mixed precision in a process an earlier stage already ran in.
+
+    accelerate keeps one ``AcceleratorState`` per process and refuses an Accelerator with
+    another precision (RadScribe's fp16 after a bf16 stage); the state is reset then, keeping
+    the process group (``PartialState``), as accelerate's own tests do between runs.
+    """
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and (
+        str(AcceleratorState().mixed_precision) != mixed_precision
+    ):
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
