@@ -47,6 +47,53 @@ def _sized(name: str, data_root: Path, steps: int = 2) -> Any:
                        data_root=str(data_root))  # fmt: skip
 
 
+CHILD = """
+import json, sys
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+folder, inputs = sys.argv[1], sys.argv[2]
+remote = "auto_map" in json.loads(open(f"{folder}/config.json").read())
+model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=remote).eval()
+AutoProcessor.from_pretrained(folder, trust_remote_code=remote)
+with torch.no_grad():
+    logits = model(**torch.load(inputs)).logits
+assert "radixpert" not in sys.modules, "the child imported radixpert"
+torch.save(logits, inputs + ".logits")
+"""
+
+
+def _served_logits_equal(bundle: str, tmp_path: Path) -> None:
+    """Exports ``bundle`` and checks that plain transformers, in a process that never imports
+    radixpert, gives the merged model's logits."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from radixpert.models.bundle import load_bundle
+    from radixpert.models.export import export_for_serving
+
+    out = export_for_serving(bundle, tmp_path / "export")
+    model, processor = load_bundle(bundle)
+    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    image = np.random.default_rng(0).random((48, 40)).astype(np.float32)
+    inputs = processor([image], [[{"from": "human", "value": "<image>\nFindings?"}]],
+                       add_generation_prompt=True)  # fmt: skip
+    inputs.pop("labels")
+    torch.save(inputs, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [sys.executable, "-c", CHILD, str(out), str(tmp_path / "inputs.pt")]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    served = torch.load(tmp_path / "inputs.pt.logits")
+    torch.testing.assert_close(served, expected, atol=1e-5, rtol=0)
+
+
 def _checkpoint_state(repo_id: str) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForImageTextToText
 
@@ -78,6 +125,7 @@ def test_msa_lora_from_the_hub_checkpoint(
     # The HCF connector is new: it is not in the checkpoint at all.
     assert any(k.startswith("model.multi_modal_projector.fusion.") for k in trained)
     assert not any(k.startswith("model.multi_modal_projector.fusion.") for k in original)
+    _served_logits_equal(summary["final_bundle"], tmp_path)
 
 
 ONEVISION = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
@@ -102,6 +150,7 @@ def test_radvlm_from_the_hub_checkpoint(
     for prefix in ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model."):
         keys = [k for k in original if k.startswith(prefix) and original[k].is_floating_point()]
         assert any(not torch.equal(trained[k], original[k]) for k in keys), prefix
+    _served_logits_equal(summary["final_bundle"], tmp_path)
 
 
 BIOMEDCLIP = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
