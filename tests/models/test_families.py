@@ -192,3 +192,24 @@ def test_registry_covers_every_family() -> None:
     for name, family in families.FAMILY_REGISTRY.items():
         assert family.connectors == CONNECTORS[name]
         assert set(family.components) == {"vision_tower", "connector", "language_model"}
+
+
+def test_mllama_hcf_gate_ignores_padding_tiles() -> None:
+    """The gate pools the real tiles only: what a padding tile holds changes nothing."""
+    model = _build(family="mllama", size="tiny-mllama", connector="hcf",
+                   hcf=HCFOptions(num_heads=4, gate_hidden=16)).eval()  # fmt: skip
+    image = model.config.image_token_index
+    ids = torch.tensor([[1, image, 5, 6, 7]])
+    pixels = torch.randn(1, 1, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tile_mask = torch.tensor([[[1, 0, 0, 0]]])
+    cross = torch.zeros(1, 5, 1, 4, dtype=torch.long)
+    cross[:, 1:, :, 0] = 1
+    inputs = {"input_ids": ids, "aspect_ratio_ids": torch.tensor([[1]]),
+              "aspect_ratio_mask": tile_mask, "cross_attention_mask": cross}  # fmt: skip
+    with torch.no_grad():
+        model(pixel_values=pixels, **inputs)
+        first = model.last_gate_weights.clone()
+        noisy = pixels.clone()
+        noisy[:, :, 1:] = 100.0 * torch.randn_like(noisy[:, :, 1:])
+        model(pixel_values=noisy, **inputs)
+    torch.testing.assert_close(model.last_gate_weights, first)

@@ -199,6 +199,7 @@ class HCF(nn.Module):
         level_states: list[Tensor],
         text_embeds: Tensor | None = None,
         text_mask: Tensor | None = None,
+        visual_mask: Tensor | None = None,
     ) -> HCFOutput:
         """Fuses the vision states of each level with the text prompt.
 
@@ -207,6 +208,8 @@ class HCF(nn.Module):
             text_embeds: Embedded text prompt (batch, text tokens, text_hidden), or None.
             text_mask: (batch, text tokens), 1/True for real tokens and 0/False for padding
                 (transformers' ``attention_mask``); None means all real.
+            visual_mask: (batch, tokens), False at visual tokens that are padding (Mllama's
+                empty tiles): the gate's pooling leaves them out. None: all real.
 
         Returns:
             ``HCFOutput`` with the fused tokens and the gate weights.
@@ -241,7 +244,12 @@ class HCF(nn.Module):
         if self.gate is None:
             weights = stacked.new_full((stacked.shape[0], self.levels), 1.0 / self.levels)
         else:
-            pooled = stacked.mean(dim=2).flatten(1)  # (batch, levels * hidden)
+            if visual_mask is None:
+                pooled = stacked.mean(dim=2)
+            else:  # the mean over the real visual tokens only
+                keep = visual_mask.to(stacked.dtype)[:, None, :, None]
+                pooled = (stacked * keep).sum(dim=2) / keep.sum(dim=2).clamp(min=1.0)
+            pooled = pooled.flatten(1)  # (batch, levels * hidden)
             weights = self.gate(pooled).softmax(dim=-1)
         hidden = (weights[:, :, None, None] * stacked).sum(dim=1)
         return HCFOutput(hidden=hidden, gate_weights=weights)
@@ -583,7 +591,12 @@ class HCFMllamaModel(MllamaModel):
             groups[g].reshape(batch * images, tiles * patches, -1) for g in _groups(self.config)
         ]
         owner = torch.arange(batch, device=states.device).repeat_interleave(images)
-        fused = self.multi_modal_projector(levels, text_embeds[owner], text_mask[owner])
+        # Padding tiles (aspect_ratio_mask 0) must not weigh in the gate's pooled summary.
+        real = aspect_ratio_mask.reshape(batch * images, tiles, 1).bool()
+        visual_mask = real.expand(-1, -1, patches).reshape(batch * images, tiles * patches)
+        fused = self.multi_modal_projector(
+            levels, text_embeds[owner], text_mask[owner], visual_mask=visual_mask
+        )
         self.last_gate_weights = fused.gate_weights.detach()
         return fused.hidden.reshape(-1, patches, self.hidden_size)
 
