@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def hub_checkpoint(repo_id: str) -> Path:
     done = snapshot / ".radixpert-test-complete"
     if done.is_file():
         return snapshot
-    snapshot.mkdir(parents=True, exist_ok=True)
+    if snapshot.exists():  # a builder that failed part-way: start again from nothing
+        shutil.rmtree(snapshot)
+    snapshot.mkdir(parents=True)
     BUILDERS[repo_id](snapshot)
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit, encoding="utf-8")

@@ -204,6 +204,8 @@ def qwen2_tokenizer(bpe_size: int, **kwargs: Any) -> Any:
     from transformers import Qwen2Tokenizer
 
     vocab, merges = train_bpe(Qwen2Tokenizer().backend_tokenizer, bpe_size)
+    # Ids fixed here: Qwen2Tokenizer adds its eos and pad tokens itself, in its own order.
+    vocab = {**vocab, **{t: len(vocab) + i for i, t in enumerate(QWEN2_SPECIALS)}}
     tok = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
