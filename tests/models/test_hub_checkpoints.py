@@ -108,6 +108,8 @@ def check_onevision(repo_id, phantom):
     assert tok.convert_tokens_to_ids("<image>") == model.config.image_token_index
     assert tok.convert_tokens_to_ids("<video>") == model.config.video_token_index
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+    assert tok.convert_tokens_to_ids(specials) == list(range(len(tok) - 5, len(tok)))
     prompt = processor.apply_chat_template(_chat(), add_generation_prompt=True)
     assert prompt == (f"<|im_start|>user\n<image>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
     inputs = processor(images=image, text=prompt, return_tensors="pt")
@@ -150,6 +152,9 @@ def check_qwen2(repo_id, phantom):
     tok, model = _causal_lm(repo_id)
     assert type(model).__name__ == "Qwen2ForCausalLM"
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == (None, "<|im_end|>", "<|endoftext|>")
+    specials = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    assert specials == [len(tok) - 3, len(tok) - 2, len(tok) - 1]
+    assert model.config.eos_token_id == specials[2]
     chat = [
         {"role": "user", "content": QUESTION},
         {"role": "assistant", "content": truth.impression},
