@@ -71,8 +71,18 @@ def test_the_package_comes_from_the_wheel(installed, tmp_path: Path) -> None:
 
 def test_shipped_recipe_dry_run_from_the_wheel(installed, tmp_path: Path) -> None:
     bin_dir, env = installed
+    from radixpert.data.phantoms import generate_phantoms
+
+    data = tmp_path / "data"
+    generate_phantoms(4, data / "phantoms", size=64)  # the plan reads the recipe's data files
+    text = (data / "phantoms" / "studies.jsonl").read_text(encoding="utf-8")
+    for name in ("roco_v2", "padchest"):
+        (data / name).mkdir(parents=True)
+        (data / name / "studies.jsonl").write_text(
+            text.replace('"path": "images/', '"path": "../phantoms/images/'), encoding="utf-8"
+        )
     out = _run([str(bin_dir / "radixpert"), "train", "msa_lora", "--dry-run", "--data-root",
-                str(tmp_path / "data")], tmp_path, env)  # fmt: skip
+                str(data)], tmp_path, env)  # fmt: skip
     assert "stage1" in out and "stage3" in out
     path = _run([str(bin_dir / "radixpert"), "config", "path", "accelerate/ddp"], tmp_path, env)
     assert Path(path.strip()).is_file() and Path(path.strip()).is_relative_to(bin_dir.parent)
