@@ -790,13 +790,6 @@ def _native_settings(
     return out
 
 
-def _family(model: Any) -> str:
-    """The family of a (peft-unwrapped) model: ``radixpert.models.families.family_of``."""
-    from radixpert.models.families import family_of
-
-    return family_of(model)
-
-
 def _llama3_header(role: str) -> str:
     return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
 

@@ -533,26 +533,6 @@ def _default_factory(spec: ModelSpec) -> Any:
     return meta_model(spec)
 
 
-def _apply_stage(model: Any, stage: Stage) -> Any:
-    """The stage's trainability on the previous stage's model, as the runner sets it."""
-    from radixpert.models.families import components_of, unwrap
-    from radixpert.models.trainability import apply_trainability, next_stage
-
-    if stage.family_stage is not None:
-        from radixpert.models.encoder_decoder import set_stage
-
-        set_stage(unwrap(model), stage.family_stage)
-        return model
-    specs = stage.component_specs()
-    prefixes = components_of(model)
-    lora = [c for c in specs.values() if c.mode == "lora"]
-    if hasattr(model, "peft_config"):
-        if lora:  # MSA-LoRA: merge, then a fresh adapter of the new rank
-            return next_stage(model, lora[0].rank, specs, prefixes)
-        model = model.merge_and_unload()
-    return apply_trainability(model, specs, prefixes)
-
-
 def _text_counter(spec: ModelSpec) -> tuple[Callable[[str], int], str]:
     """Counts text tokens: the recipe's tokenizer when it is a local folder, else words x 1.3."""
     if spec.tokenizer is not None and Path(spec.tokenizer).is_dir():
@@ -660,10 +640,12 @@ def plan_recipe(
     if gpus < 1:
         raise UsageError(f"--gpus: must be >= 1, got {gpus}")
     model = (model_factory or _default_factory)(recipe.model)
+    from radixpert.train.runner import apply_stage  # what the run will do, stage by stage
+
     count, how = _text_counter(recipe.model)
     stages = []
     for stage in recipe.stages:
-        model = _apply_stage(model, stage)
+        model = apply_stage(model, stage)
         stages.append(_plan_stage(recipe, stage, model, count, how, gpus))
     return Plan(recipe, gpus, strategy, gpu_memory, tuple(stages))
 

@@ -57,7 +57,14 @@ from radixpert.train.recipe import ModelSpec, Recipe, Stage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STAGE_RESULT", "build_model", "run_recipe", "stage_conversations", "stage_dir"]
+__all__ = [
+    "STAGE_RESULT",
+    "apply_stage",
+    "build_model",
+    "run_recipe",
+    "stage_conversations",
+    "stage_dir",
+]
 
 STAGE_RESULT = "result.json"
 RUN_SUMMARY = "run.json"
@@ -177,7 +184,7 @@ def _precision(model: Any, stage: Stage) -> Any:
     return model
 
 
-def _apply_stage(model: Any, stage: Stage) -> Any:
+def apply_stage(model: Any, stage: Stage) -> Any:
     """Sets what trains in ``stage``, moving on from the model's adapter (see the module doc)."""
     from radixpert.models.trainability import apply_trainability, next_stage
 
@@ -317,7 +324,7 @@ def run_recipe(
         # Fresh adapters and connectors of the stage: seeded by (seed, stage), so a run that
         # resumes here from the previous bundle starts them as an uninterrupted run does.
         set_seed(stage_seed(recipe.seed, index, "stage"))
-        model = _apply_stage(_precision(model, stage), stage)
+        model = apply_stage(_precision(model, stage), stage)
         logger.info("stage %d/%d: %s", index + 1, len(recipe.stages), stage.name)
         metric_fn = None
         if stage.eval_metric is not None:
