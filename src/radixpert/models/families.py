@@ -447,7 +447,9 @@ def _vision_part(source: str, kwargs: Mapping[str, Any]) -> tuple[nn.Module, Any
     tower = model_class.from_pretrained(source, **kwargs)
     try:
         processor = AutoImageProcessor.from_pretrained(source)
-    except OSError:
+    except OSError as err:
+        logger.warning("no image processor in %s (%s): the letterbox preprocessing is used",
+                       source, str(err).splitlines()[0])  # fmt: skip
         processor = None
     return tower, processor
 
@@ -689,7 +691,7 @@ def _native_image_processor(source: str) -> Any:
     try:
         return AutoProcessor.from_pretrained(source)
     except (OSError, ValueError, TypeError) as err:
-        logger.info("no processor in %s (%s): letterbox preprocessing", source, err)
+        logger.warning("no processor in %s (%s): the letterbox preprocessing is used", source, err)
         return None
 
 
