@@ -173,6 +173,35 @@ def test_weights_and_hidden_states_match_open_clip(loaded) -> None:
     assert isinstance(tower(pixels, return_dict=False), tuple)
 
 
+def test_as_transformers_vit_gives_the_same_hidden_states(loaded) -> None:
+    """The export's conversion: transformers' ViTModel with the tower's weights gives its
+    hidden states (the fused qkv split into q / k / v, as transformers' own timm converter)."""
+    from transformers import ViTModel
+
+    from radixpert.models.open_clip_tower import to_transformers_vit
+
+    tower, _, _ = loaded
+    vit = to_transformers_vit(tower)
+    assert isinstance(vit, ViTModel)
+    assert vit.config.image_size == tower.config.image_size
+    pixels = torch.randn(2, 3, HUB_IMAGE, HUB_IMAGE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = tower(pixels, output_hidden_states=True)
+        theirs = vit(pixels, output_hidden_states=True)
+    assert len(theirs.hidden_states) == len(ours.hidden_states) == DEPTH + 1
+    for k, (a, b) in enumerate(zip(ours.hidden_states, theirs.hidden_states)):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=f"hidden state {k}")
+    torch.testing.assert_close(theirs.last_hidden_state, ours.last_hidden_state,
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+    # A ViT transformers cannot express is refused by name.
+    import copy
+
+    odd = copy.deepcopy(tower)
+    odd.visual.trunk.blocks[0].ls1 = torch.nn.Linear(WIDTH, WIDTH)
+    with pytest.raises(ValueError, match="ls1"):
+        to_transformers_vit(odd)
+
+
 def test_names_and_config_errors(tmp_path: Path, loaded) -> None:
     assert open_clip_model_name("hf-hub:microsoft/x") == "hf-hub:microsoft/x"
     with pytest.raises(ValueError, match="hf-hub"):

@@ -3,6 +3,7 @@ repositories (tests/hub), loaded by their real ids offline, trained a few steps 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,10 @@ def test_llava_rad_from_biomedclip_and_vicuna(
     mlp = "layers.0.mlp.down_proj.weight"  # not a LoRA target: untouched
     assert torch.equal(trained[f"model.language_model.{mlp}"], vicuna[f"model.{mlp}"])
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_index
+    # Served by plain transformers: the BiomedCLIP tower as transformers' ViTModel.
+    _served_logits_equal(summary["final_bundle"], tmp_path)
+    served = json.loads((tmp_path / "export" / "config.json").read_text(encoding="utf-8"))
+    assert served["vision_config"]["model_type"] == "vit" and "auto_map" not in served
 
 
 @pytest.mark.slow

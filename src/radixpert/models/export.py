@@ -82,6 +82,7 @@ def export_for_serving(
     model, processor = load_bundle(bundle)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    _open_clip_tower_as_vit(model)
     hf_processor = hf_processor_for(model, processor)
     with atomic_dir(out) as tmp:
         model.generation_config = generation_config_for(processor)
@@ -93,6 +94,29 @@ def export_for_serving(
             shutil.copy2(bundle / RECIPE_FILE, tmp / RECIPE_FILE)
     logger.info("exported %s (%s) for serving to %s", bundle, manifest["family"], out)
     return out
+
+
+def _open_clip_tower_as_vit(model: Any) -> None:
+    """An open_clip (BiomedCLIP) tower becomes transformers' ``ViTModel``, in place.
+
+    LLaVA-Rad trains BiomedCLIP's timm ViT as radixpert's ``OpenClipVisionModel``, which plain
+    transformers does not know; the same weights as a ``ViTModel`` (``to_transformers_vit``)
+    give the same hidden states, so the exported Llava needs neither open_clip nor remote code.
+    """
+    from radixpert.models.open_clip_tower import OpenClipVisionModel, to_transformers_vit
+
+    inner = getattr(model, "model", None)
+    tower = getattr(inner, "vision_tower", None)
+    if not isinstance(tower, OpenClipVisionModel):
+        return
+    try:
+        vit = to_transformers_vit(tower)
+    except ValueError as e:
+        raise UsageError(f"cannot export the open_clip image tower: {e}") from None
+    inner.vision_tower = vit
+    model.config.vision_config = vit.config
+    logger.info("open_clip tower %s exported as transformers' ViTModel",
+                tower.config.open_clip_name)  # fmt: skip
 
 
 def _add_hcf_code(folder: Path, model_type: str) -> None:

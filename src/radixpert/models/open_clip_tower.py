@@ -252,6 +252,113 @@ class OpenClipVisionModel(PreTrainedModel):
         return self.visual.head(pooled)
 
 
+def to_transformers_vit(tower: OpenClipVisionModel) -> nn.Module:
+    """The tower as transformers' own ``ViTModel``, same weights and same hidden states.
+
+    A timm ViT with one CLS token, learned absolute position embeddings, no pre-norm, no
+    LayerScale and exact GELU is, layer for layer, the ViT of transformers (whose conversion
+    script, ``convert_vit_timm_to_pytorch.py``, maps timm's weights the same way): the fused
+    ``qkv`` is split into q / k / v, the rest is renamed. ``radixpert model export`` uses it so
+    an exported LLaVA-Rad needs neither open_clip nor remote code. Position embeddings
+    resampled by timm's ``dynamic_img_size`` at the configured image size are resampled once,
+    here, as timm does on every call. The ViT's pooler is left as initialised (LLaVA reads
+    hidden states, never the pooler); open_clip's projection (``visual.head``) is not part of
+    the ViT (only the contrastive stage uses it).
+
+    Raises:
+        ValueError: For a timm ViT that transformers' ViT cannot express, naming what differs.
+    """
+    from timm.layers import resample_abs_pos_embed
+    from transformers import ViTConfig, ViTModel
+
+    trunk = tower.visual.trunk
+    block = trunk.blocks[0]
+    identity = {
+        "norm_pre": trunk.norm_pre,
+        "patch_embed.norm": trunk.patch_embed.norm,
+        "ls1": block.ls1,
+        "ls2": block.ls2,
+        "attn.q_norm": block.attn.q_norm,
+        "attn.k_norm": block.attn.k_norm,
+        "attn.norm": getattr(block.attn, "norm", nn.Identity()),
+        "mlp.norm": getattr(block.mlp, "norm", nn.Identity()),
+    }
+    unlike = [name for name, module in identity.items() if not isinstance(module, nn.Identity)]
+    act = getattr(block.mlp, "act", None)
+    if not (isinstance(act, nn.GELU) and act.approximate == "none"):
+        unlike.append(f"mlp.act={type(act).__name__}")
+    if trunk.no_embed_class or trunk.cls_token is None or trunk.pos_embed is None:
+        unlike.append("class token / absolute position embeddings")
+    if getattr(trunk.patch_embed, "dynamic_img_pad", False):
+        unlike.append("dynamic_img_pad")
+    if unlike:
+        raise ValueError(
+            "this open_clip timm ViT has parts transformers' ViTModel lacks: "
+            + ", ".join(unlike)
+            + "; it can be trained in radixpert but not exported without remote code"
+        )
+    config = tower.config
+    grid = config.image_size // config.patch_size
+    vit_config = ViTConfig(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=int(block.mlp.fc1.out_features),
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        layer_norm_eps=float(block.norm1.eps),
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        num_channels=config.num_channels,
+        qkv_bias=block.attn.qkv.bias is not None,
+        dtype=config.dtype,
+    )
+    vit = ViTModel(vit_config, add_pooling_layer=True)
+    pos = trunk.pos_embed.detach()
+    if tuple(trunk.patch_embed.grid_size) != (grid, grid):
+        pos = resample_abs_pos_embed(pos, new_size=[grid, grid],
+                                     old_size=list(trunk.patch_embed.grid_size),
+                                     num_prefix_tokens=trunk.num_prefix_tokens)  # fmt: skip
+    state = {
+        "embeddings.cls_token": trunk.cls_token,
+        "embeddings.position_embeddings": pos,
+        "embeddings.patch_embeddings.projection.weight": trunk.patch_embed.proj.weight,
+        "embeddings.patch_embeddings.projection.bias": trunk.patch_embed.proj.bias,
+        "layernorm.weight": trunk.norm.weight,
+        "layernorm.bias": trunk.norm.bias,
+    }
+    for i, blk in enumerate(trunk.blocks):
+        prefix = f"layers.{i}."
+        q, k, v = blk.attn.qkv.weight.chunk(3, dim=0)
+        state |= {
+            f"{prefix}attention.q_proj.weight": q,
+            f"{prefix}attention.k_proj.weight": k,
+            f"{prefix}attention.v_proj.weight": v,
+            f"{prefix}attention.o_proj.weight": blk.attn.proj.weight,
+            f"{prefix}attention.o_proj.bias": blk.attn.proj.bias,
+            f"{prefix}layernorm_before.weight": blk.norm1.weight,
+            f"{prefix}layernorm_before.bias": blk.norm1.bias,
+            f"{prefix}layernorm_after.weight": blk.norm2.weight,
+            f"{prefix}layernorm_after.bias": blk.norm2.bias,
+            f"{prefix}mlp.fc1.weight": blk.mlp.fc1.weight,
+            f"{prefix}mlp.fc1.bias": blk.mlp.fc1.bias,
+            f"{prefix}mlp.fc2.weight": blk.mlp.fc2.weight,
+            f"{prefix}mlp.fc2.bias": blk.mlp.fc2.bias,
+        }
+        if blk.attn.qkv.bias is not None:
+            qb, kb, vb = blk.attn.qkv.bias.chunk(3, dim=0)
+            state |= {f"{prefix}attention.q_proj.bias": qb, f"{prefix}attention.k_proj.bias": kb,
+                      f"{prefix}attention.v_proj.bias": vb}  # fmt: skip
+    missing, unexpected = vit.load_state_dict(
+        {k: t.detach().clone() for k, t in state.items()}, strict=False
+    )
+    missing = [k for k in missing if not k.startswith("pooler.")]
+    if missing or unexpected:
+        raise ValueError(f"ViT conversion: missing {missing}, unexpected {unexpected}")
+    return vit.to(dtype=trunk.patch_embed.proj.weight.dtype).eval()
+
+
 def register() -> None:
     """Lets ``AutoConfig`` / ``AutoModel`` (and so Llava's configs and models) build the tower.
 
@@ -377,4 +484,5 @@ __all__ = [
     "open_clip_config",
     "open_clip_model_name",
     "register",
+    "to_transformers_vit",
 ]
