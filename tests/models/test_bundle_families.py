@@ -183,6 +183,25 @@ def test_mllama_processor(tokenizers: dict[str, Any]) -> None:
         assert (model(**other).logits - out.logits).abs().max() > 1e-4  # the image is seen
 
 
+def test_hcf_processor_marks_the_prompt(tokenizers: dict[str, Any]) -> None:
+    """An HCF model's processor says which tokens are prompt: the HCF never reads an answer,
+    with labels (training) or without (scoring a report)."""
+    model, proc = _pair("mllama_hcf", tokenizers, lora=False)
+    assert proc.config.prompt_mask
+    batch = proc(_images(), _conversations())
+    prompt, labels = batch["prompt_mask"], batch["labels"]
+    assert torch.equal(prompt, (labels == IGNORE_INDEX) & batch["attention_mask"].bool())
+    assert prompt.any(dim=1).all() and not prompt[labels != IGNORE_INDEX].any()
+    with torch.no_grad():
+        trained = model(**batch)
+        scored = model(**{k: v for k, v in batch.items() if k != "labels"})
+    torch.testing.assert_close(scored.logits, trained.logits, rtol=0, atol=0)
+    generation = proc(_images()[:1], [_conversations()[0][:1]], add_generation_prompt=True)
+    assert torch.equal(generation["prompt_mask"], generation["attention_mask"].bool())
+    _, plain = _pair("mllama", tokenizers, lora=False)
+    assert "prompt_mask" not in plain(_images(), _conversations())
+
+
 def test_onevision_processor(tokenizers: dict[str, Any]) -> None:
     model, proc = _pair("llava_onevision", tokenizers, lora=False)
     batch = proc(_images(), _conversations())

@@ -403,15 +403,22 @@ def test_adapter_only_refusals(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_radscribe_is_refused(tmp_path: Path) -> None:
+def test_radscribe_exports_with_its_code(tmp_path: Path) -> None:
+    """The registry names RadScribe's serving format: its own modeling and processing code
+    (tests/models/test_radscribe_export.py loads it in plain transformers)."""
     from radixpert.models.encoder_decoder import tiny_encoder_decoder
+    from radixpert.models.radscribe_export import MODELING_FILE, PROCESSING_FILE
 
     model = tiny_encoder_decoder("vit")
     joint = _tokenizer(64, [])
     processor = RadProcessor.from_model(model, joint, decoder_tokenizer=_tokenizer(64, []))
     bundle = save_bundle(model, processor, tmp_path / "radscribe")
-    with pytest.raises(UsageError, match="RadScribe"):
-        export_for_serving(bundle, tmp_path / "out")
+    out = export_for_serving(bundle, tmp_path / "out")
+    assert {MODELING_FILE, PROCESSING_FILE} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["auto_map"]["AutoModelForImageTextToText"].endswith(
+        "RadScribeForConditionalGeneration"
+    )
 
 
 def test_cli_model_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -50,7 +50,10 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     labels[:, :PROMPT_END] = -100
     labels[mask == 0] = -100
     pixels = torch.randn(2, 3, 32, 32, generator=gen)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
+    prompt = torch.zeros_like(mask, dtype=torch.bool)
+    prompt[:, :PROMPT_END] = True  # what RadProcessor marks: everything before the answer
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels,
+            "prompt_mask": prompt}  # fmt: skip
 
 
 def _prompt(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -114,10 +117,11 @@ def test_hcf_reads_the_prompt_but_not_the_answer() -> None:
     batch = _batch()
     with torch.no_grad():
         base = _fused(model, batch)
+        # Another answer, scored without labels (as an evaluation scores a report): the
+        # processor's prompt_mask, not the labels, keeps the answer out of the image features.
         other_answer = dict(batch, input_ids=batch["input_ids"].clone())
         other_answer["input_ids"][0, PROMPT_END:] = 5
-        other_answer["labels"] = batch["labels"].clone()
-        other_answer["labels"][0, PROMPT_END:] = 5
+        other_answer.pop("labels")
         other_prompt = dict(batch, input_ids=batch["input_ids"].clone())
         other_prompt["input_ids"][0, PROMPT_END - 1] = 7
         assert torch.equal(_fused(model, other_answer), base)
@@ -125,6 +129,16 @@ def test_hcf_reads_the_prompt_but_not_the_answer() -> None:
     first, second = changed[:IMAGE_TOKENS], changed[IMAGE_TOKENS:]
     assert not torch.allclose(first, base[:IMAGE_TOKENS])
     assert torch.equal(second, base[IMAGE_TOKENS:])
+
+
+def test_hcf_refuses_labels_without_the_prompt_mask() -> None:
+    model = _model("hcf")
+    batch = _batch()
+    batch.pop("prompt_mask")
+    with pytest.raises(ValueError, match="labels without prompt_mask"):
+        model(**batch)
+    batch.pop("labels")  # a generation input: every attended text token is prompt
+    assert model(**_prompt(batch)).logits.shape[1] == PROMPT_END
 
 
 def test_hcf_refuses_mismatched_images() -> None:

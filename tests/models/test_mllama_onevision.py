@@ -45,8 +45,11 @@ def _mllama(hcf: bool, seed: int = 0) -> MllamaForConditionalGeneration:
     return tiny_mllama(hcf)
 
 
-def _mllama_batch(seed: int = 0, prompt_only: bool = False) -> dict[str, torch.Tensor]:
-    """Two samples, one image of one real tile (of 4) each; the second has 2 padded positions."""
+def _mllama_batch(
+    seed: int = 0, prompt_only: bool = False, hcf: bool = True
+) -> dict[str, torch.Tensor]:
+    """Two samples, one image of one real tile (of 4) each; the second has 2 padded positions.
+    For an HCF model, with the ``prompt_mask`` the processor gives (all before the answer)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 64, (2, SEQ), generator=gen)
     ids[:, 0] = 1
@@ -70,10 +73,13 @@ def _mllama_batch(seed: int = 0, prompt_only: bool = False) -> dict[str, torch.T
         "aspect_ratio_mask": tiles,
         "cross_attention_mask": xmask,
     }
+    if hcf:
+        batch["prompt_mask"] = torch.arange(SEQ).expand(2, SEQ) < PROMPT_END
     if prompt_only:
         for key in ("input_ids", "attention_mask", "cross_attention_mask"):
             batch[key] = batch[key][:, :PROMPT_END]
         del batch["labels"]
+        batch.pop("prompt_mask", None)
     return batch
 
 
@@ -104,7 +110,7 @@ def test_plain_mllama_equals_transformers() -> None:
     assert type(model) is MllamaForConditionalGeneration
     reference = MllamaForConditionalGeneration(model.config).eval()
     reference.load_state_dict(model.state_dict())
-    batch = _mllama_batch()
+    batch = _mllama_batch(hcf=False)
     torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=0, atol=0)
 
 
@@ -112,7 +118,7 @@ def test_plain_mllama_equals_transformers() -> None:
 @pytest.mark.parametrize("hcf", [False, True])
 def test_image_changes_logits(hcf: bool) -> None:
     model = _mllama(hcf).eval()
-    batch = _mllama_batch()
+    batch = _mllama_batch(hcf=hcf)
     other = dict(batch, pixel_values=torch.randn_like(batch["pixel_values"]))
     diff = (model(**batch).logits - model(**other).logits)[:, 1:].abs().max()
     assert diff > 1e-4
@@ -141,15 +147,18 @@ def test_hcf_does_not_read_the_answer() -> None:
     before = model.last_gate_weights
     changed = batch["input_ids"].clone()
     changed[:, PROMPT_END:] = torch.randint(3, 64, changed[:, PROMPT_END:].shape)
-    model(**dict(batch, input_ids=changed))
+    scored = {k: v for k, v in batch.items() if k != "labels"}  # scoring without labels
+    model(**dict(scored, input_ids=changed))
     torch.testing.assert_close(model.last_gate_weights, before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="labels without prompt_mask"):
+        model(**{k: v for k, v in batch.items() if k != "prompt_mask"})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hcf", [False, True])
 def test_mllama_training_step(hcf: bool) -> None:
     model = _mllama(hcf)
-    batch = _mllama_batch()
+    batch = _mllama_batch(hcf=hcf)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     loss = model(**batch).loss
     loss.backward()

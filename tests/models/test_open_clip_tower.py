@@ -290,6 +290,7 @@ def test_hcf_llava_with_the_tower_round_trips(tmp_path: Path, loaded) -> None:
     assert model.config.image_seq_length == HUB_PATCHES
     model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
     batch = _llava_batch(HUB_PATCHES)
+    batch["prompt_mask"] = batch["labels"] == -100  # as RadProcessor marks the prompt
     model.train()
     loss = model(**batch).loss
     loss.backward()

@@ -65,7 +65,12 @@ def test_weights_gradients_and_adamw_state_are_exact_to_the_byte() -> None:
     ids = torch.randint(3, 60, (2, 8 + n_image))
     ids[:, 1 : 1 + n_image] = TINY_IMAGE_TOKEN
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(input_ids=ids, pixel_values=torch.randn(2, 3, 32, 32), labels=ids)
+        out = model(
+            input_ids=ids,
+            pixel_values=torch.randn(2, 3, 32, 32),
+            labels=ids,
+            prompt_mask=torch.zeros_like(ids, dtype=torch.bool),  # the HCF's prompt
+        )
     out.loss.backward()
     optimizer = build_optimizer(model, stage, prefixes)
     optimizer.step()

@@ -64,9 +64,10 @@ torch.save(logits, inputs + ".logits")
 """
 
 
-def _served_logits_equal(bundle: str, tmp_path: Path) -> None:
+def _served_logits_equal(bundle: str, tmp_path: Path, with_report: bool = False) -> None:
     """Exports ``bundle`` and checks that plain transformers, in a process that never imports
-    radixpert, gives the merged model's logits."""
+    radixpert, gives the merged model's logits (``with_report``: teacher-forced on a report, as
+    an encoder-decoder's logits are those of its decoder)."""
     import os
     import subprocess
     import sys
@@ -80,13 +81,17 @@ def _served_logits_equal(bundle: str, tmp_path: Path) -> None:
     model, processor = load_bundle(bundle)
     model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     image = np.random.default_rng(0).random((48, 40)).astype(np.float32)
-    inputs = processor([image], [[{"from": "human", "value": "<image>\nFindings?"}]],
-                       add_generation_prompt=True)  # fmt: skip
-    inputs.pop("labels")
+    turns = [{"from": "human", "value": "<image>\nFindings?"}]
+    if with_report:
+        inputs = processor([image], [[*turns, {"from": "gpt", "value": "No acute process."}]])
+    else:
+        inputs = processor([image], [turns], add_generation_prompt=True)
+        inputs.pop("labels")
     torch.save(inputs, tmp_path / "inputs.pt")
     with torch.no_grad():
         expected = model.eval()(**inputs).logits
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")  # remote code lands here
     command = [sys.executable, "-c", CHILD, str(out), str(tmp_path / "inputs.pt")]
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
@@ -211,3 +216,9 @@ def test_radscribe_from_densenet_bert_and_clinical_t5(
     model, processor = load_bundle(summary["final_bundle"])
     assert model.image_backbone == "densenet"
     assert processor.config.image_size == model.image_settings()["image_size"]
+    _served_logits_equal(summary["final_bundle"], tmp_path, with_report=True)
+    served = json.loads((tmp_path / "export" / "config.json").read_text(encoding="utf-8"))
+    assert (
+        served["image_backbone"] == "densenet"
+        and "AutoModelForImageTextToText" in served["auto_map"]
+    )

@@ -205,7 +205,13 @@ def load_bundle(path: str | Path, **kwargs: Any) -> tuple[Any, RadProcessor]:
 
         model = PeftModel.from_pretrained(model, path / ADAPTER_DIR)
     model.eval()
-    return model, RadProcessor.from_pretrained(path)
+    processor = RadProcessor.from_pretrained(path)
+    if processor.config.family != "radscribe":
+        from radixpert.models.families import connector_of
+
+        # Bundles written before processors returned prompt_mask: an HCF model needs it.
+        processor.config.prompt_mask = connector_of(model) == "hcf"
+    return model, processor
 
 
 def export_merged(path_in: str | Path, path_out: str | Path) -> Path:

@@ -14,7 +14,10 @@ template that renders exactly the RadProcessor's prompt. A RadProcessor that use
 checkpoint's own image processor or chat template ("native") exports those as they are.
 
 HCF models carry their code: ``hcf_modeling.py`` is copied in as ``modeling_radixpert_hcf.py``
-and named by ``auto_map`` in ``config.json`` (load with ``trust_remote_code=True``).
+and named by ``auto_map`` in ``config.json`` (load with ``trust_remote_code=True``). RadScribe,
+radixpert's own encoder-decoder, carries its model and processor code likewise
+(``radscribe_export``). Which of the three a bundle gets is the family registry's
+``Family.export``.
 
 The adapter-only export writes peft's layout (``adapter_config.json``,
 ``adapter_model.safetensors``) whose ``base_model_name_or_path`` is ``base`` or the recipe's
@@ -38,7 +41,9 @@ from radixpert.errors import UsageError
 from radixpert.io import atomic_dir
 from radixpert.models import hcf_modeling
 from radixpert.models.bundle import ADAPTER_DIR, RECIPE_FILE, load_bundle, read_manifest
+from radixpert.models.families import connector_of, family_of, get_family
 from radixpert.models.processor import IMAGE_PLACEHOLDER, VICUNA_SYSTEM, RadProcessor
+from radixpert.models.radscribe_export import write_radscribe
 
 logger = logging.getLogger(__name__)
 
@@ -66,30 +71,34 @@ def export_for_serving(
         ``out``.
 
     Raises:
-        UsageError: For a RadScribe bundle (not a transformers image-text-to-text model), an
-            adapter-only export of a bundle without a separate adapter, or one whose base
-            cannot be named.
+        UsageError: For a model whose family and connector have no serving format (the
+            registry's ``Family.export``), an adapter-only export of a bundle without a
+            separate adapter, or one whose base cannot be named.
     """
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
-    if manifest["family"] == "radscribe":
-        raise UsageError(
-            f"{bundle}: a RadScribe bundle is radixpert's own encoder-decoder, not a transformers "
-            "image-text-to-text model; run it with radixpert itself (load_bundle)"
-        )
     if adapter_only:
         return _export_adapter(bundle, out, manifest, base)
     model, processor = load_bundle(bundle)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    _open_clip_tower_as_vit(model)
-    hf_processor = hf_processor_for(model, processor)
+    family, connector = family_of(model), connector_of(model)
+    how = get_family(family).export.get(connector or "")
+    if how is None:
+        raise UsageError(
+            f"{bundle}: a {family} model with connector {connector!r} has no serving format"
+        )
     with atomic_dir(out) as tmp:
-        model.generation_config = generation_config_for(processor)
-        model.save_pretrained(tmp)  # safetensors
-        hf_processor.save_pretrained(tmp)
-        if model.config.model_type in _HCF_CLASSES:
-            _add_hcf_code(tmp, model.config.model_type)
+        if how == "radscribe-remote-code":
+            write_radscribe(model, processor, tmp)
+        else:
+            _open_clip_tower_as_vit(model)
+            hf_processor = hf_processor_for(model, processor)
+            model.generation_config = generation_config_for(processor)
+            model.save_pretrained(tmp)  # safetensors
+            hf_processor.save_pretrained(tmp)
+            if how == "hcf-remote-code":
+                _add_hcf_code(tmp, model.config.model_type)
         if (bundle / RECIPE_FILE).is_file():
             shutil.copy2(bundle / RECIPE_FILE, tmp / RECIPE_FILE)
     logger.info("exported %s (%s) for serving to %s", bundle, manifest["family"], out)

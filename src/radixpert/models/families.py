@@ -611,9 +611,11 @@ class Family:
         assemble: ``f(spec) -> (model, tokenizer, image processor or decoder tokenizer)`` from
             ``spec.parts``; None if the family is not assembled from parts.
         load_saved: ``f(bundle folder, **from_pretrained kwargs)``.
-        export: How ``radixpert model export`` serves it: ``"transformers"`` (its own
-            transformers class), ``"remote-code"`` (HCF: the modeling file shipped beside the
-            weights, ``trust_remote_code=True``) or ``None`` (no serving format).
+        export: Per connector (radscribe: per image backbone), how ``radixpert model export``
+            serves it: ``"transformers"`` (its own transformers class), ``"hcf-remote-code"``
+            (the HCF modeling file shipped beside the weights, ``trust_remote_code=True``) or
+            ``"radscribe-remote-code"`` (RadScribe's modeling and processing files likewise);
+            a connector not named has no serving format.
     """
 
     name: str
@@ -629,15 +631,17 @@ class Family:
 FAMILY_REGISTRY: Mapping[str, Family] = {
     "llava": Family("llava", LLAVA_COMPONENTS, CONNECTORS["llava"], _build, _load_pretrained,
                     _assemble_llava, _load_saved_llava,
-                    {"mlp": "transformers", "hcf": "remote-code"}),
+                    {"mlp": "transformers", "hcf": "hcf-remote-code"}),
     "mllama": Family("mllama", MLLAMA_COMPONENTS, CONNECTORS["mllama"], _build, _load_pretrained,
-                     None, _load_saved_mllama, {"linear": "transformers", "hcf": "remote-code"}),
+                     None, _load_saved_mllama,
+                     {"linear": "transformers", "hcf": "hcf-remote-code"}),
     "llava_onevision": Family("llava_onevision", ONEVISION_COMPONENTS,
                               CONNECTORS["llava_onevision"], _build, _load_pretrained, None,
                               _load_saved_onevision, {"mlp": "transformers"}),
     "radscribe": Family("radscribe", ENCODER_DECODER_COMPONENTS, CONNECTORS["radscribe"],
                         _build, _load_radscribe_pretrained, _assemble_radscribe,
-                        _load_saved_radscribe, {}),
+                        _load_saved_radscribe,
+                        dict.fromkeys(("vit", "resnet", "densenet"), "radscribe-remote-code")),
 }  # fmt: skip
 """Every family, by name."""
 

@@ -30,9 +30,9 @@ masked gets no cross-attention term either rather than NaNs.
 ``multi_modal_projector`` is an HCF over the ``vision_feature_layer`` depths;
 ``HCFMllamaForConditionalGeneration`` (``radixpert_hcf_mllama``) is a Mllama whose
 cross-attention states are the HCF's fusion of the vision output's layer groups. In both the
-HCF's text is the embedded prompt: attended tokens that are neither image placeholders nor
-training targets (``prompt_mask``). See ``radixpert.models.llava`` and
-``radixpert.models.mllama`` for the builders.
+HCF's text is the embedded prompt: attended tokens that are not image placeholders and, when
+the processor says which tokens are prompt (its ``prompt_mask``), not inside an answer. See
+``radixpert.models.llava`` and ``radixpert.models.mllama`` for the builders.
 """
 
 from __future__ import annotations
@@ -258,22 +258,39 @@ class HCF(nn.Module):
 def prompt_mask(
     input_ids: Tensor | None,
     attention_mask: Tensor | None,
-    labels: Tensor | None,
     image_token_index: int,
     shape: tuple[int, int],
     device: torch.device,
+    prompt: Tensor | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """True where a position is prompt text the HCF may read.
 
-    Attended (``attention_mask``), not an ``<|image|>`` token, not a target (``labels``).
+    Attended (``attention_mask``), not an image token, and, when the processor says which
+    tokens are prompt (``prompt``: radixpert's processor marks every token outside the
+    answers), one of those. Without ``prompt`` every attended text token is prompt, which is
+    right for a generation input (it ends where the answer begins) and wrong for a sequence
+    that holds its answer, so ``labels`` without ``prompt`` are refused: the HCF would read the
+    answer it is trained to predict.
+
+    Raises:
+        ValueError: For ``labels`` without ``prompt``, or a ``prompt`` of another shape.
     """
+    if prompt is None and labels is not None and bool((labels != IGNORE_INDEX).any()):
+        raise ValueError(
+            "labels without prompt_mask: the HCF reads the prompt, and only the processor knows "
+            "which tokens are prompt (radixpert's RadProcessor returns prompt_mask with the "
+            "batch); pass prompt_mask, or no labels"
+        )
     mask = torch.ones(shape, dtype=torch.bool, device=device)
     if input_ids is not None:
         mask &= input_ids != image_token_index
     if attention_mask is not None:
         mask &= attention_mask.bool()
-    if labels is not None:
-        mask &= labels == IGNORE_INDEX
+    if prompt is not None:
+        if tuple(prompt.shape) != tuple(shape):
+            raise ValueError(f"prompt_mask has shape {tuple(prompt.shape)}, the text {shape}")
+        mask &= prompt.to(device=device).bool()
     return mask
 
 
@@ -393,13 +410,15 @@ class HCFLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         pixel_values: Tensor | None = None,
         attention_mask: Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        prompt_mask: Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         """Llava's forward with the images fused with the prompt by the HCF.
 
-        Arguments are Llava's. With ``pixel_values``, ``input_ids`` are required (they locate
-        the image tokens and the prompt); ``mm_encoder_outputs`` are refused, as they carry no
-        prompt.
+        Arguments are Llava's, plus ``prompt_mask`` (batch, text tokens): True at the tokens
+        the HCF may read as the prompt (see ``prompt_mask``; needed with ``labels``). With
+        ``pixel_values``, ``input_ids`` are required (they locate the image tokens and the
+        prompt); ``mm_encoder_outputs`` are refused, as they carry no prompt.
 
         Raises:
             ValueError: On the inputs above, or when the image tokens of a sample are not a
@@ -410,7 +429,9 @@ class HCFLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if pixel_values is not None:
             if input_ids is None:
                 raise ValueError("the HCF connector needs input_ids with pixel_values")
-            features = self._fuse_images(input_ids, pixel_values, attention_mask, labels)
+            features = self._fuse_images(
+                input_ids, pixel_values, attention_mask, labels, prompt_mask
+            )
             kwargs["mm_encoder_outputs"] = {"image": features}
             self.last_gate_weights = self.model.last_gate_weights
         return super().forward(
@@ -423,10 +444,11 @@ class HCFLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         pixel_values: Tensor,
         attention_mask: Tensor | None,
         labels: Tensor | None,
+        prompt: Tensor | None,
     ) -> BaseModelOutputWithPooling:
         image_tokens = input_ids == self.config.image_token_index
-        prompt = prompt_mask(input_ids, attention_mask, labels, self.config.image_token_index,
-                             input_ids.shape, input_ids.device)  # fmt: skip
+        prompt = prompt_mask(input_ids, attention_mask, self.config.image_token_index,
+                             input_ids.shape, input_ids.device, prompt, labels)  # fmt: skip
         text_embeds = self.get_input_embeddings()(input_ids)
         # Which sample's prompt each image gets: images fill the placeholders in order.
         per_image = self.config.image_seq_length
@@ -608,12 +630,13 @@ class HCFMllamaModel(MllamaModel):
         aspect_ratio_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
+        prompt_mask: Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         """Mllama's forward with ``pixel_values`` fused with the prompt by the HCF.
 
-        Arguments are ``MllamaModel``'s; the prompt is every attended non-image token (no
-        labels are seen here; ``HCFMllamaForConditionalGeneration`` also drops the targets).
+        Arguments are ``MllamaModel``'s, plus ``prompt_mask`` (see ``prompt_mask``); without
+        it the prompt is every attended non-image token.
         """
         if pixel_values is not None:
             kwargs["cross_attention_states"] = self.fuse_from_text(
@@ -621,6 +644,7 @@ class HCFMllamaModel(MllamaModel):
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 labels=None,
+                prompt=prompt_mask,
                 pixel_values=pixel_values,
                 aspect_ratio_ids=aspect_ratio_ids,
                 aspect_ratio_mask=aspect_ratio_mask,
@@ -641,6 +665,7 @@ class HCFMllamaModel(MllamaModel):
         pixel_values: Tensor,
         aspect_ratio_ids: Tensor | None,
         aspect_ratio_mask: Tensor | None,
+        prompt: Tensor | None = None,
     ) -> Tensor:
         """``fuse_images`` with the prompt taken from the text inputs (see ``prompt_mask``).
 
@@ -648,10 +673,11 @@ class HCFMllamaModel(MllamaModel):
             input_ids: (batch, text tokens), or None with ``inputs_embeds``.
             inputs_embeds: (batch, text tokens, text hidden), or None with ``input_ids``.
             attention_mask: (batch, text tokens) or None.
-            labels: (batch, text tokens) or None; targets (not -100) are not prompt.
+            labels: (batch, text tokens) or None; refused without ``prompt``.
             pixel_values: (batch, images, tiles, C, H, W).
             aspect_ratio_ids: (batch, images), 1-based.
             aspect_ratio_mask: (batch, images, tiles) or None.
+            prompt: (batch, text tokens), True at the processor's prompt tokens, or None.
 
         Returns:
             The cross-attention states h*, as ``fuse_images``.
@@ -666,10 +692,11 @@ class HCFMllamaModel(MllamaModel):
         mask = prompt_mask(
             input_ids,
             attention_mask,
-            labels,
             self.config.image_token_index,
             tuple(inputs_embeds.shape[:2]),
             inputs_embeds.device,
+            prompt,
+            labels,
         )
         return self.fuse_images(
             pixel_values, aspect_ratio_ids, aspect_ratio_mask, inputs_embeds, mask
@@ -708,12 +735,14 @@ class HCFMllamaForConditionalGeneration(MllamaForConditionalGeneration):
         attention_mask: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        prompt_mask: Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         """Mllama's forward; images become HCF-fused ``cross_attention_states``.
 
-        Arguments are ``MllamaForConditionalGeneration``'s. The HCF reads the prompt: attended,
-        non-image tokens whose label is -100 (or all attended non-image tokens without labels).
+        Arguments are ``MllamaForConditionalGeneration``'s, plus ``prompt_mask`` (batch, text
+        tokens): the tokens the HCF reads as the prompt (see ``prompt_mask``; needed with
+        ``labels``; without it, every attended non-image token).
 
         Raises:
             ValueError: If both ``pixel_values`` and ``cross_attention_states`` are given.
@@ -729,6 +758,7 @@ class HCFMllamaForConditionalGeneration(MllamaForConditionalGeneration):
                 pixel_values=pixel_values,
                 aspect_ratio_ids=aspect_ratio_ids,
                 aspect_ratio_mask=aspect_ratio_mask,
+                prompt=prompt_mask,
             )
             self.last_gate_weights = self.model.last_gate_weights
         return super().forward(

@@ -2,7 +2,8 @@
 
     model = build_llava(CLIPVisionConfig(...), LlamaConfig(...), connector="hcf",
                         image_token_index=32000)
-    out = model(input_ids=ids, pixel_values=pixels, attention_mask=mask, labels=labels)
+    out = model(input_ids=ids, pixel_values=pixels, attention_mask=mask, labels=labels,
+                prompt_mask=prompt)                    # HCF: which tokens are prompt
     model.last_gate_weights                                # (images, levels), for logging
     model.save_pretrained(path); model = load_llava(path)  # HCF weights included
     model = tiny_llava("hcf")                              # tests: same builder, tiny sizes

@@ -3,7 +3,8 @@
     model = build_mllama(MllamaConfig(...))                  # plain Mllama, any tool reads it
     model = build_mllama(config, hcf={"num_heads": 8})       # HCF at the cross-attention states
     out = model(input_ids=ids, pixel_values=px, aspect_ratio_ids=ar, aspect_ratio_mask=am,
-                cross_attention_mask=xmask, attention_mask=mask, labels=labels)
+                cross_attention_mask=xmask, attention_mask=mask, labels=labels,
+                prompt_mask=prompt)                        # HCF only: which tokens are prompt
     model.last_gate_weights                                  # (images, levels), for logging
     model.save_pretrained(path); model = load_mllama(path)   # HCF weights included
     model = tiny_mllama(hcf=True)                            # tests: same builder, tiny sizes

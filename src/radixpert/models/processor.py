@@ -115,6 +115,9 @@ class ProcessorConfig:
         chat_content: How a native template wants a user turn: ``"parts"`` (a list of
             ``{"type": "image"}`` / ``{"type": "text"}`` items, the processors' templates) or
             ``"text"`` (a string with the image placeholder in it, text-model templates).
+        prompt_mask: Return ``prompt_mask`` with each batch: True at the tokens outside the
+            answers (the prompt an HCF connector reads); set for HCF models, whose forward
+            takes it (the other families' do not).
     """
 
     image_size: int
@@ -133,6 +136,7 @@ class ProcessorConfig:
     image_transform: str = "letterbox"
     chat_template: str | None = None
     chat_content: str = "parts"
+    prompt_mask: bool = False
 
     def __post_init__(self) -> None:
         if self.image_transform not in IMAGE_TRANSFORMS:
@@ -214,7 +218,7 @@ class RadProcessor:
                 ``template="native"``) instead of the letterbox and the built-in templates.
             **overrides: Any ``ProcessorConfig`` field.
         """
-        from radixpert.models.families import family_of, unwrap
+        from radixpert.models.families import connector_of, family_of, unwrap
 
         model = unwrap(model)
         family = family_of(model)
@@ -241,6 +245,7 @@ class RadProcessor:
             "image_seq_length": seq_length,
             "template": template or _FAMILY_TEMPLATE.get(text_type, "vicuna"),
             "family": family,
+            "prompt_mask": connector_of(model) == "hcf",
         }
         if family == "mllama":
             settings.update(
@@ -539,8 +544,9 @@ class RadProcessor:
                 ``add_generation_prompt``, right otherwise.
 
         Returns:
-            ``input_ids``, ``attention_mask``, ``labels`` (batch, length) and, with images,
-            ``pixel_values`` (images, channels, size, size).
+            ``input_ids``, ``attention_mask``, ``labels`` (batch, length), ``prompt_mask``
+            (batch, length) when ``config.prompt_mask``, and, with images, ``pixel_values``
+            (images, channels, size, size).
 
         Raises:
             ValueError: Mismatched image and placeholder counts, or malformed conversations.
@@ -718,11 +724,18 @@ class RadProcessor:
                 rows_ids.append(fill + ids)
                 rows_mask.append([0] * n + mask)
                 rows_labels.append([IGNORE_INDEX] * n + labels)
-        return {
+        batch = {
             "input_ids": torch.tensor(rows_ids, dtype=torch.long),
             "attention_mask": torch.tensor(rows_mask, dtype=torch.long),
             "labels": torch.tensor(rows_labels, dtype=torch.long),
         }
+        if self.config.prompt_mask:
+            # The labels are exactly the answers' tokens (encode_conversation), so every other
+            # attended token is prompt; the model leaves out the image tokens itself.
+            batch["prompt_mask"] = (batch["labels"] == IGNORE_INDEX) & batch[
+                "attention_mask"
+            ].bool()
+        return batch
 
     def decode(self, ids: Sequence[int] | torch.Tensor, **kwargs: Any) -> str:
         """Decodes generated ids (RadScribe: with the decoder's tokenizer), skipping special
