@@ -48,7 +48,7 @@ def test_settings_are_key_value_before_or_after_the_options(tmp_path: Path) -> N
     root = tmp_path / "iu"
     build_iu_r2gen(root)
     assert main(["data", "prepare", "iu-xray", "layout=r2gen", "--root", str(root), "-o", str(out),
-                 "check_images=true"]) == 0  # fmt: skip
+                 "--no-check-images"]) == 0  # fmt: skip
     assert out.is_file()
 
 
@@ -59,9 +59,9 @@ def test_reader_options_are_typed_and_named_in_errors(tmp_path: Path, capsys) ->
     assert main([*base, "views=PA"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "iu-xray has no option 'views'" in err
-    assert "layout" in err and "check_images" in err
-    assert main([*base, "check_images=maybe"]) == 2
-    assert "check_images='maybe': expected true or false" in capsys.readouterr().err
+    assert "layout" in err and "keep_without_images" in err
+    assert main([*base, "keep_without_images=maybe"]) == 2
+    assert "keep_without_images='maybe': expected true or false" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
 
 

@@ -249,6 +249,18 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--root", required=True, help="the dataset's folder, as downloaded")
     prep.add_argument("--out", "-o", required=True, help="output .jsonl or .parquet")
     prep.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first record the reader would skip, naming its file and line",
+    )
+    prep.add_argument(
+        "--no-check-images",
+        dest="check_images",
+        action="store_false",
+        help="do not check that each image file exists under --root (missing ones are "
+        "otherwise left out and counted)",
+    )
+    prep.add_argument(
         "--remove-priors",
         choices=["rules", "llm"],
         default=None,
@@ -298,7 +310,35 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument(
         "--stratify", default=None, help="an observation whose positives are balanced across splits"
     )
+    sp.add_argument(
+        "--with",
+        dest="others",
+        nargs="+",
+        default=[],
+        metavar="STUDIES",
+        help="prepared datasets of the same source (e.g. MIMIC-CXR beside MS-CXR): their "
+        "patients keep the split they have there, and leakage is checked across all",
+    )
     sp.set_defaults(func=_run_data)
+    ck = dsub.add_parser(
+        "check",
+        help="patients in two splits across prepared datasets; excluded images in training",
+        description="Report patients whose studies lie in two splits, across every given file "
+        "(datasets of one source, such as MIMIC-CXR, MS-CXR, Chest ImaGenome and ReXrank's "
+        "MIMIC test set, share patients), and training or validation studies holding images "
+        "a publisher asks to exclude. Exit status 1 when anything is found.",
+    )
+    ck.add_argument("studies", nargs="+", help="Study records (.jsonl or .parquet)")
+    ck.add_argument(
+        "--avoid",
+        nargs="+",
+        default=[],
+        metavar="CSV",
+        help="lists of images to keep out of training and validation, by a dicom_id column "
+        "(Chest ImaGenome's silver_dataset/splits/images_to_avoid.csv)",
+    )
+    ck.add_argument("--max-listed", type=int, default=20, help="patients and studies listed")
+    ck.set_defaults(func=_run_data)
     ph = dsub.add_parser(
         "phantoms",
         help="synthetic chest radiographs with known truth",
@@ -308,6 +348,37 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
 
     add_arguments(ph)
     ph.set_defaults(func=_run_data)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from radixpert.data.readers import iter_csv
+    from radixpert.data.splits import avoided, leaks, normalise_split
+    from radixpert.data.study import read_studies
+
+    studies = []
+    for path in args.studies:
+        these = list(read_studies(path))
+        counts = Counter(normalise_split(s.split) or "(none)" for s in these)
+        datasets = ", ".join(sorted({s.dataset for s in these}))
+        print(f"{path}: {len(these):,} studies of {datasets or '-'}: "
+              + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))  # fmt: skip
+        studies += these
+    found = leaks(studies)
+    print(f"patients in more than one split: {len(found):,}")
+    for leak in found[: args.max_listed]:
+        print(f"  {leak.describe()}")
+    bad = len(found)
+    for csv_path in args.avoid:
+        ids = {row["dicom_id"].strip() for _, row in iter_csv(Path(csv_path), ["dicom_id"])}
+        hits = avoided(studies, ids)
+        print(f"{csv_path}: {len(ids):,} images to avoid; {len(hits):,} training or validation "
+              "studies hold one")  # fmt: skip
+        for study, image_ids in hits[: args.max_listed]:
+            print(f"  {study.dataset} {study.id} ({study.split}): {', '.join(image_ids)}")
+        bad += len(hits)
+    return 1 if bad else 0
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -324,7 +395,14 @@ def _run_data(args: argparse.Namespace) -> int:
             )
             transform = PriorRemover(args.remove_priors, client)
         prepare(
-            args.dataset, args.root, args.out, progress=sys.stderr, transform=transform, **options
+            args.dataset,
+            args.root,
+            args.out,
+            progress=sys.stderr,
+            transform=transform,
+            strict=args.strict,
+            check_images=args.check_images,
+            **options,
         )
         if transform is not None:
             print(
@@ -336,16 +414,18 @@ def _run_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "split":
         from collections import Counter
 
-        from radixpert.data.splits import assign_splits, check_no_leakage
+        from radixpert.data.splits import assign_splits, check_no_leakage, patient_splits
         from radixpert.data.study import read_studies, write_studies
 
+        others = [s for path in args.others for s in read_studies(path)]
         studies = assign_splits(
             list(read_studies(args.studies)),
             tuple(args.fractions),
             seed=args.seed,
             stratify_by=args.stratify,
+            fixed=patient_splits(others),
         )
-        check_no_leakage(studies)
+        check_no_leakage(studies + others)
         write_studies(studies, args.out)
         counts = Counter(s.split for s in studies)
         print(
@@ -353,6 +433,8 @@ def _run_data(args: argparse.Namespace) -> int:
             + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
         )
         return 0
+    if args.data_cmd == "check":
+        return _data_check(args)
     if args.data_cmd == "phantoms":
         from radixpert.data.phantoms import run
 

@@ -324,8 +324,8 @@ def test_plain_resize_keeps_0_1_boxes():
 
 @pytest.mark.parametrize(
     "view",
-    ["PA", "AP", "AP AXIAL", "ap", " pa ", "Frontal", "FRONTAL", "AP_horizontal", "AP LLD",
-     "PA RLD", "POSTEROANTERIOR", "ap-supine"],
+    ["PA", "AP", "AP AXIAL", "ap", " pa ", "Frontal", "FRONTAL", "AP_horizontal",
+     "POSTEROANTERIOR", "ap-supine", "antero-posterior", "postero-anterior"],
 )  # fmt: skip
 def test_frontal_views(view):
     assert is_frontal(view)
@@ -334,7 +334,7 @@ def test_frontal_views(view):
 @pytest.mark.parametrize(
     "view",
     ["LATERAL", "Lateral", "LL", "RL", "L", "XTABLE LATERAL", "LAO", "RAO", "LPO", "SWIMMERS",
-     "COSTAL", "EXCLUDE", "UNK", "", "PA-L", "weird"],
+     "COSTAL", "EXCLUDE", "UNK", "", "PA-L", "weird", "AP LLD", "PA RLD", "Erect", "nan"],
 )  # fmt: skip
 def test_non_frontal_and_unknown_views(view):
     assert not is_frontal(view)

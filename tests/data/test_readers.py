@@ -168,9 +168,7 @@ def test_mimic_missing_files(mimic):
     w = written[2]
     image = root / f"files/p10/p{w.subject_id}/s{w.study_id}/{w.dicom_ids[1]}.jpg"
     image.unlink()
-    with pytest.raises(ReaderError, match=rf"column 'dicom_id' = '{w.dicom_ids[1]}'.*not found"):
-        list(mimic_cxr.read(root))
-    assert len(list(mimic_cxr.read(root, check_images=False))) == 3
+    assert len(list(mimic_cxr.read(root))) == 3  # a missing image is prepare's count
 
 
 def test_mimic_missing_image_dir(tmp_path):
@@ -225,10 +223,6 @@ def test_iu_r2gen_streams_many(tmp_path):
         (lambda d: d["val"][0].update(image_path="x.png"), r"field 'image_path' must be a list"),
         (lambda d: d["test"][0].update(split="train"), r"\"test\"\[0\]: field 'split' = 'train'"),
         (lambda d: d.update(dev=[]), r"unknown split key\(s\) \['dev'\]"),
-        (
-            lambda d: d["train"][0]["image_path"].append("CXR2384_IM-0942/2.png"),
-            r"\"train\"\[0\]: field 'image_path'\[2\]: image .*2\.png not found",
-        ),
     ],
 )
 def test_iu_r2gen_bad_records(tmp_path, edit, message):
@@ -292,9 +286,6 @@ def test_iu_openi_errors(tmp_path):
         "Calcified Granuloma/lung/upper lobe/right"
     ]
     bad.write_text(text)
-    (tmp_path / "NLMCXR_png" / "CXR10_IM-0002-1001.png").unlink()
-    with pytest.raises(ReaderError, match=r"10\.xml: parentImage id='CXR10_IM-0002-1001'"):
-        list(iu_xray.read(tmp_path, layout="openi"))
     (tmp_path / "ecgen-radiology").rename(tmp_path / "reports")
     with pytest.raises(ReaderError, match=r"ecgen-radiology: report directory not found"):
         list(iu_xray.read(tmp_path, layout="openi"))

@@ -16,7 +16,7 @@ from radixpert.data.splits import (
     check_no_leakage,
     normalise_split,
 )
-from radixpert.data.study import Study
+from radixpert.data.study import Image, Study
 from radixpert.errors import SplitError
 from radixpert.vocab import OBSERVATIONS
 
@@ -186,6 +186,31 @@ def test_check_no_leakage_names_patients_and_splits():
         Study(id="f", dataset="d", patient_id="p2", split="valid"),  # the same split
         Study(id="g", dataset="other", patient_id="p1", split="test"),  # another dataset
     ]
-    with pytest.raises(SplitError, match=r"(?s)1 patient.*'p1' \(d\): train \(2\), validate \(1\)"):
+    leak = r"(?s)1 patient.*'p1' \(d\): train \(d 2\), validate \(d 1\)"
+    with pytest.raises(SplitError, match=leak):
         check_no_leakage(studies)
     check_no_leakage(studies[3:])
+
+
+def test_leakage_across_datasets_of_one_source():
+    """MIMIC-CXR, MS-CXR, Chest ImaGenome and ReXrank's MIMIC test set share patients."""
+    from radixpert.data.splits import avoided, leaks, patient_key, patient_splits
+
+    mimic = [Study(id="s1", dataset="mimic-cxr", patient_id="10000032", split="train",
+                   images=[Image("files/p10/p10000032/s1/abc-1.jpg")])]  # fmt: skip
+    rexrank = [Study(id="s2", dataset="rexrank-mimic-cxr", patient_id="10000032", split="test")]
+    chexpert = [Study(id="s3", dataset="chexpert", patient_id="10000032", split="test")]
+    ms_cxr = [Study(id="s4", dataset="ms-cxr", patient_id="p10000032", split="")]
+    assert patient_key(ms_cxr[0]) == patient_key(mimic[0]) == ("mimic-cxr", "10000032")
+    found = leaks(mimic + rexrank + chexpert)
+    assert [(leak.source, leak.patient_id) for leak in found] == [("mimic-cxr", "10000032")]
+    assert found[0].describe() == (
+        "patient '10000032' (mimic-cxr): train (mimic-cxr 1), test (rexrank-mimic-cxr 1)"
+    )
+    with pytest.raises(SplitError, match="rexrank-mimic-cxr"):
+        check_no_leakage(mimic + rexrank)
+    # A patient's split elsewhere fixes it here.
+    placed = assign_splits(ms_cxr, seed=0, fixed=patient_splits(rexrank))
+    assert placed[0].split == "test"
+    # Excluded images (ImaGenome's gold standard) outside the test split are found by id.
+    assert [(s.id, ids) for s, ids in avoided(mimic, {"abc-1"})] == [("s1", ["abc-1"])]

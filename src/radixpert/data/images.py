@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 
 from radixpert._optional import require
+from radixpert.data.views import FRONTAL_VIEWS, is_frontal
 from radixpert.errors import ImageError
 
 if TYPE_CHECKING:
@@ -408,49 +409,12 @@ def resize_letterbox(
 # --------------------------------------------------------------------------------------------
 # Views
 
-# Normalised view names (upper case, "_"/"-" as spaces) that are frontal projections:
-# MIMIC-CXR ViewPosition (PA, AP, AP AXIAL, decubitus AP/PA LLD/RLD), CheXpert
-# ("Frontal", AP/PA), PadChest Projection (PA, AP, AP_horizontal) and its DICOM
-# ViewPosition spellings, IU-Xray ("Frontal").
-FRONTAL_VIEWS = frozenset({
-    "FRONTAL",
-    "PA",
-    "AP",
-    "AP AXIAL",
-    "PA AXIAL",
-    "AP LLD",
-    "AP RLD",
-    "PA LLD",
-    "PA RLD",
-    "AP HORIZONTAL",
-    "AP SUPINE",
-    "AP ERECT",
-    "AP UPRIGHT",
-    "PA ERECT",
-    "POSTEROANTERIOR",
-    "ANTEROPOSTERIOR",
-})  # fmt: skip
-
-
-def _normalise_view(view: str) -> str:
-    return " ".join(view.replace("_", " ").replace("-", " ").upper().split())
-
-
-def is_frontal(view: str) -> bool:
-    """Whether a publisher's view name is a frontal (PA/AP) chest projection.
-
-    Rule: the name, upper-cased with "_"/"-" read as spaces and runs of spaces collapsed,
-    must be one of `FRONTAL_VIEWS`. Everything else is False: laterals (LATERAL, LL, RL, L,
-    "Lateral", XTABLE LATERAL), obliques (LAO, RAO, LPO, RPO), SWIMMERS, PadChest's COSTAL,
-    EXCLUDE and UNK, and unknown or empty names. Unknown names count as not frontal because a
-    lateral taken for a frontal corrupts frontal-only training, while a dropped frontal only
-    costs one image.
-    """
-    return _normalise_view(view) in FRONTAL_VIEWS
+# The vocabulary, its spellings and the frontal rule live in radixpert.data.views.
 
 
 def frontal_images(study: Study) -> list[Image]:
-    """The study's images whose view is frontal (see `is_frontal`), in their order."""
+    """The study's images whose view is frontal (``radixpert.data.views.is_frontal``: PA, AP,
+    FRONTAL), in their order."""
     return [im for im in study.images if is_frontal(im.view)]
 
 

@@ -3,6 +3,10 @@ publisher ships it, into `Study` records (JSONL or Parquet).
 
 Readers are registered by name as "module:function" strings and imported only when used.
 Each reader streams; records are validated and written atomically, with progress on stderr.
+What a reader skipped (`radixpert.data.readers.Skip`), and the images whose files are not
+under ``--root`` (checked unless ``--no-check-images``), are counted per reason, printed, and
+written beside the output (``train.jsonl`` -> ``train.skips.json``); ``--strict`` stops at the
+first one instead.
 
 A reader's options are its keyword-only parameters. `reader_options` lists them (name, type,
 default and the text of the reader's docstring), and `parse_options` turns the command line's
@@ -14,6 +18,7 @@ type is an error naming the option and the reader's options.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -27,8 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from radixpert.data.study import Study, write_studies
+from radixpert.data.readers import Skip, SkipLog
+from radixpert.data.study import Image, Study, write_studies
 from radixpert.errors import UnknownName, UsageError
+from radixpert.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -241,28 +248,99 @@ class PriorRemover:
         return study
 
 
+def skips_path(out: str | Path) -> Path:
+    """Where ``prepare`` writes the skip counts of ``out``: ``x.jsonl`` -> ``x.skips.json``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".skips.json")
+
+
+class ImageCheck:
+    """Keeps the images of a study whose files exist under ``root``; counts the others.
+
+    An image whose file is missing is left out (``Skip`` part "image"), with the boxes drawn on
+    it (part "box"; the boxes of the images kept are renumbered); a study left without any
+    image is skipped. Relative paths are relative to ``root``; absolute paths are taken as they
+    are (a reader given a separate image folder writes them so).
+    """
+
+    def __init__(self, root: Path, log: SkipLog) -> None:
+        self.root, self.log = Path(root), log
+
+    def __call__(self, study: Study) -> Study | None:
+        kept: list[Image] = []
+        index: dict[int, int] = {}
+        for i, image in enumerate(study.images):
+            path = Path(image.path)
+            if (path if path.is_absolute() else self.root / path).is_file():
+                index[i] = len(kept)
+                kept.append(image)
+            else:
+                self.log.add(Skip("image file missing", f"study {study.id}", image.path, "image"))
+        if len(kept) == len(study.images):
+            return study
+        boxes = []
+        for box in study.boxes:
+            if box.image in index:
+                boxes.append(dataclasses.replace(box, image=index[box.image]))
+            else:
+                detail = f"{box.label!r} on {study.images[box.image].path}"
+                self.log.add(Skip("box on a missing image", f"study {study.id}", detail, "box"))
+        if not kept:
+            self.log.add(
+                Skip("no image file found", f"study {study.id}", f"{len(study.images)} listed")
+            )
+            return None
+        study.images, study.boxes = kept, boxes
+        return study
+
+
 def prepare(
     dataset: str,
     root: str | Path,
     out: str | Path,
     progress: TextIO | None = None,
     transform: Callable[[Study], Study] | None = None,
+    strict: bool = False,
+    check_images: bool = True,
     **options: Any,
 ) -> int:
     """Read `dataset` under `root` and write its Study records to `out`; returns the count.
 
-    `transform` (e.g. a `PriorRemover`) is applied to each study before it is written.
+    What the reader skipped (and, with ``check_images``, the images whose files are missing
+    under ``root``) is counted per reason, printed to ``progress`` and written to
+    ``skips_path(out)``. `transform` (e.g. a `PriorRemover`) is applied to each study before it
+    is written.
+
+    Raises:
+        ReaderError: With ``strict``, at the first skip, naming its file and line.
     """
     read = reader(dataset)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset root is not a directory")
     t0 = time.perf_counter()
-    studies = read(root, **options)
+    log = SkipLog(strict=strict)
+    studies: Iterator[Study] = log.studies(read(root, **options))
+    if check_images:
+        check = ImageCheck(root, log)
+        studies = (s for s in map(check, studies) if s is not None)
     if transform is not None:
         studies = (transform(s) for s in studies)
     n = write_studies(_with_progress(studies, progress), out)
     took = time.perf_counter() - t0
+    report = {
+        "dataset": dataset,
+        "studies_written": n,
+        "images_checked": check_images,
+        "options": {k: _show(v) for k, v in options.items()},
+        **log.to_dict(),
+    }
+    write_json(skips_path(out), report)
     if progress is not None:
         print(f"{dataset}: {n:,} studies -> {out} in {took:.1f} s", file=progress, flush=True)
+        if log.total:
+            print(f"{dataset}: left out ({skips_path(out)}):", file=progress)
+            print("\n".join(log.summary()), file=progress, flush=True)
+        else:
+            print(f"{dataset}: nothing skipped", file=progress, flush=True)
     return n

@@ -8,7 +8,14 @@ spellings are read as follows (case-insensitive): "train"/"training" -> "train";
 "validate"/"validation"/"valid"/"val"/"dev" -> "validate"; "test"/"testing" -> "test".
 Any other non-empty name is an error, so a typo never becomes a fourth split.
 
-Patients are identified by (dataset, patient_id), since ids of different datasets may clash.
+Patients are identified by (source, patient_id), where the source is the cohort the dataset
+draws its patients from (`PATIENT_SOURCES`): MIMIC-CXR, MS-CXR, Chest ImaGenome and ReXrank's
+MIMIC test set are one cohort, so a patient in MIMIC-CXR's train and in ReXrank-MIMIC's test is
+found as a leak; ids of unrelated datasets never meet.
+
+    check_no_leakage(mimic + ms_cxr + imagenome)     # across datasets of one source
+    leaks(studies)                                   # the same as data, for reports
+    avoided(studies, {"<dicom_id>", ...})            # training studies with excluded images
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ import dataclasses
 import logging
 import math
 import random
+import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Literal
 
 from radixpert.data.study import Study
@@ -40,6 +48,37 @@ _ALIASES = {
 }
 
 PatientKey = tuple[str, str]
+
+PATIENT_SOURCES: dict[str, str] = {
+    "mimic-cxr": "mimic-cxr",
+    "ms-cxr": "mimic-cxr",
+    "imagenome": "mimic-cxr",
+    "rexrank-mimic-cxr": "mimic-cxr",
+    "chexpert": "chexpert",
+    "chexpert-plus": "chexpert",
+    "rexrank-chexpert-plus": "chexpert",
+    "iu-xray": "iu-xray",
+    "rexrank-iu-xray": "iu-xray",
+    "padchest": "padchest",
+    "padchest-gr": "padchest",
+    "rexgradient": "rexgradient",
+    "rexrank-rexgradient": "rexgradient",
+}
+"""Dataset -> the cohort its patients come from (the datasets not named are their own)."""
+
+# MIMIC subject ids appear as 10000032, "10000032" and, in paths, "p10000032"; CheXpert's as
+# "patient00001" (CheXpert) and "patient00001" (CheXpert Plus's deid_patient_id).
+_MIMIC_ID = re.compile(r"^p?(\d{8})$")
+
+
+def patient_key(study: Study) -> PatientKey:
+    """(source, patient id) of a study: the patient across every dataset of one source."""
+    source = PATIENT_SOURCES.get(study.dataset, study.dataset)
+    pid = study.patient_id.strip()
+    if source == "mimic-cxr":
+        m = _MIMIC_ID.match(pid)
+        pid = m.group(1) if m else pid
+    return source, pid
 
 
 def normalise_split(name: str) -> str:
@@ -82,6 +121,7 @@ def assign_splits(
     stratify_by: Callable[[Study], Hashable] | str | None = None,
     keep_official: bool = True,
     patient_fallback: Literal["error", "study"] = "error",
+    fixed: Mapping[PatientKey, str] | None = None,
 ) -> list[Study]:
     """Give every study a split, all studies of a patient in the same one.
 
@@ -101,6 +141,8 @@ def assign_splits(
         patient_fallback: "error": a study to be assigned without a patient_id raises
             SplitError naming it. "study": such a study counts as its own patient (only
             safe when the dataset has one study per patient).
+        fixed: Splits that patients already have elsewhere (``patient_splits`` of other
+            prepared datasets of the same source): their studies to be assigned here follow.
 
     Returns:
         New `Study` records in input order, with `split` set to "train", "validate" or "test".
@@ -118,9 +160,11 @@ def assign_splits(
     official: list[str] = [normalise_split(s.split) if keep_official else "" for s in studies]
     # Official splits of each patient, to send their unsplit studies the same way.
     patient_official: dict[PatientKey, set[str]] = defaultdict(set)
+    for pkey, split in (fixed or {}).items():
+        patient_official[pkey].add(normalise_split(split))
     for s, split in zip(studies, official):
         if split and s.patient_id:
-            patient_official[(s.dataset, s.patient_id)].add(split)
+            patient_official[patient_key(s)].add(split)
 
     result: list[str] = list(official)
     groups: dict[PatientKey, list[int]] = defaultdict(list)
@@ -128,7 +172,7 @@ def assign_splits(
         if result[i]:
             continue
         if s.patient_id:
-            pkey: PatientKey = (s.dataset, s.patient_id)
+            pkey: PatientKey = patient_key(s)
         elif patient_fallback == "study":
             # "\0" cannot occur in a real patient id, so a study never meets a real patient.
             pkey = (s.dataset, f"\0study:{s.id}")
@@ -198,41 +242,103 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return fr  # type: ignore[return-value]
 
 
-def check_no_leakage(studies: Iterable[Study], max_listed: int = 20) -> None:
-    """Raise SplitError if any patient has studies in more than one split.
+def patient_splits(studies: Iterable[Study]) -> dict[PatientKey, str]:
+    """Each patient's split, for ``assign_splits(fixed=...)``; a patient already in two splits
+    is left out (``check_no_leakage`` reports it)."""
+    seen: dict[PatientKey, set[str]] = defaultdict(set)
+    for s in studies:
+        if s.patient_id and s.split:
+            seen[patient_key(s)].add(normalise_split(s.split))
+    return {k: next(iter(v)) for k, v in seen.items() if len(v) == 1}
 
-    Split names are normalised first ("val" and "validate" are one split); studies without
-    a patient_id or without a split are not checked.
+
+@dataclasses.dataclass(frozen=True)
+class Leak:
+    """A patient with studies in more than one split: per split, the datasets and counts."""
+
+    source: str
+    patient_id: str
+    splits: dict[str, Counter[str]]  # split -> dataset -> studies
+
+    def describe(self) -> str:
+        parts = [
+            f"{sp} ({', '.join(f'{ds} {n}' for ds, n in sorted(self.splits[sp].items()))})"
+            for sp in SPLITS
+            if sp in self.splits
+        ]
+        return f"patient {self.patient_id!r} ({self.source}): " + ", ".join(parts)
+
+
+def leaks(studies: Iterable[Study]) -> list[Leak]:
+    """Patients (by ``patient_key``: across the datasets of one source) in two or more splits.
+
+    Split names are normalised first ("val" and "validate" are one split); studies without a
+    patient_id or without a split are not checked.
+    """
+    seen: dict[PatientKey, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    for s in studies:
+        if s.patient_id and s.split:
+            seen[patient_key(s)][normalise_split(s.split)][s.dataset] += 1
+    return [
+        Leak(source, pid, {sp: c for sp, c in splits.items()})
+        for (source, pid), splits in sorted(seen.items())
+        if len(splits) > 1
+    ]
+
+
+def check_no_leakage(studies: Iterable[Study], max_listed: int = 20) -> None:
+    """Raise SplitError if any patient has studies in more than one split (``leaks``).
 
     Args:
-        studies: The records.
+        studies: The records, of one dataset or of several that share a source.
         max_listed: How many offending patients the message lists (all are counted).
 
     Raises:
-        SplitError: Naming each offending patient with its splits and study counts.
+        SplitError: Naming each offending patient with its splits, datasets and study counts.
     """
-    seen: dict[PatientKey, Counter[str]] = defaultdict(Counter)
-    for s in studies:
-        if s.patient_id and s.split:
-            seen[(s.dataset, s.patient_id)][normalise_split(s.split)] += 1
-    bad = sorted((k, c) for k, c in seen.items() if len(c) > 1)
+    bad = leaks(studies)
     if not bad:
         return
-    lines = [
-        f"  patient {pid!r} ({ds}): " + ", ".join(f"{sp} ({c[sp]})" for sp in SPLITS if sp in c)
-        for (ds, pid), c in bad[:max_listed]
-    ]
+    lines = [f"  {leak.describe()}" for leak in bad[:max_listed]]
     more = f"\n  ... and {len(bad) - max_listed} more" if len(bad) > max_listed else ""
     raise SplitError(
         f"{len(bad)} patient(s) have studies in more than one split:\n" + "\n".join(lines) + more
     )
 
 
+def image_id(path: str) -> str:
+    """The id an exclusion list names an image by: the file name without its extension
+    (MIMIC's dicom_id, whether the path ends in .dcm or .jpg)."""
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return name.split(".", 1)[0]
+
+
+def avoided(studies: Iterable[Study], image_ids: set[str]) -> list[tuple[Study, list[str]]]:
+    """Studies outside the test split that hold an image the publisher asks to keep out of
+    training and validation (e.g. Chest ImaGenome's gold-standard ``images_to_avoid.csv``),
+    with those images' ids."""
+    found = []
+    for s in studies:
+        if normalise_split(s.split) == "test":
+            continue
+        hits = [image_id(im.path) for im in s.images if image_id(im.path) in image_ids]
+        if hits:
+            found.append((s, hits))
+    return found
+
+
 __all__ = [
+    "PATIENT_SOURCES",
     "SPLITS",
+    "Leak",
     "SplitError",
     "any_positive",
     "assign_splits",
+    "avoided",
     "check_no_leakage",
+    "image_id",
+    "leaks",
     "normalise_split",
+    "patient_key",
+    "patient_splits",
 ]

@@ -1,7 +1,19 @@
 """Dataset readers: each dataset's files, exactly as its publisher ships them, into `Study`s.
 
-Every reader is a module with `read(root: Path, **options) -> Iterator[Study]` (see
+Every reader is a module with `read(root: Path, **options) -> Iterator[Study | Skip]` (see
 ARCHITECTURE.md, "Reader"); `radixpert.data.prepare.READERS` maps dataset names to them.
+
+Irregularities are data, not crashes: a record the reader cannot use is yielded as a `Skip`
+(its reason, the file and line, what was wrong), and so is a part of a record that is left out
+while the record is kept (``part="image"``, ``"box"``, ``"label"``, ``"view"``, ``"field"``).
+`SkipLog` counts them per reason; ``radixpert data prepare`` prints the counts and writes them
+beside the output, and ``--strict`` turns the first one into an error naming the file and line.
+A broken *file* (missing, unreadable, without a required column) is still an error at once.
+
+    log = SkipLog(strict=False)
+    studies = list(log.studies(read(root)))   # the Studies; the Skips counted in log
+    log.counts                                # {("study", "no scene graph"): 24, ...}
+
 This package also holds what the readers share: a streaming CSV opener for plain and gzip
 files and the parser of the CheXpert label coding (`1.0` / `0.0` / `-1.0` / empty). Their
 errors are `radixpert.errors.ReaderError`, whose message names the file and the field.
@@ -10,15 +22,110 @@ errors are `radixpert.errors.ReaderError`, whose message names the file and the 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from radixpert.errors import ReaderError
 
-__all__ = ["iter_csv", "parse_label", "require_columns"]
+if TYPE_CHECKING:
+    from radixpert.data.study import Study
+
+__all__ = ["PARTS", "Skip", "SkipLog", "iter_csv", "parse_label", "require_columns"]
+
+Part = Literal["study", "image", "box", "label", "view", "field"]
+PARTS: tuple[str, ...] = ("study", "image", "box", "label", "view", "field")
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    """Something a reader left out, with why and where.
+
+    Attributes:
+        reason: Short and stable, the key it is counted under ("no scene graph",
+            "image without a view entry"); details go in ``detail``.
+        where: The file and line, or the file and record id.
+        detail: What was found (the value, the lengths, ...).
+        part: ``"study"``: the whole record is left out; any other part (``"image"``,
+            ``"box"``, ``"label"``, ``"view"``, ``"field"``): the record is kept without it.
+    """
+
+    reason: str
+    where: str
+    detail: str = ""
+    part: Part = "study"
+
+    def __post_init__(self) -> None:
+        if self.part not in PARTS:
+            raise ValueError(f"Skip.part {self.part!r}: expected one of {', '.join(PARTS)}")
+
+    def message(self) -> str:
+        """One line naming the place, the reason and the detail."""
+        what = "record skipped" if self.part == "study" else f"{self.part} left out"
+        return f"{self.where}: {what}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+class SkipLog:
+    """Counts the `Skip`s of a read, per (part, reason), with the first few places of each.
+
+    Args:
+        strict: Raise ``ReaderError`` (the skip's message) at the first skip instead.
+        examples: How many places to keep per reason.
+    """
+
+    def __init__(self, strict: bool = False, examples: int = 5) -> None:
+        self.strict = strict
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.examples: dict[tuple[str, str], list[str]] = {}
+        self._keep = examples
+
+    def add(self, skip: Skip) -> None:
+        """Counts ``skip`` (raises in strict mode)."""
+        if self.strict:
+            raise ReaderError(skip.message() + " [--strict]")
+        key = (skip.part, skip.reason)
+        self.counts[key] += 1
+        places = self.examples.setdefault(key, [])
+        if len(places) < self._keep:
+            places.append(skip.message())
+
+    def studies(self, items: Iterable[Study | Skip]) -> Iterator[Study]:
+        """The Studies of a reader's stream; its Skips are counted here."""
+        for item in items:
+            if isinstance(item, Skip):
+                self.add(item)
+            else:
+                yield item
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def skipped(self, part: str = "study") -> int:
+        """How many of ``part`` were left out."""
+        return sum(n for (p, _), n in self.counts.items() if p == part)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"skipped": {part: {reason: n}}, "examples": {part: {reason: [...]}}}``."""
+        skipped: dict[str, dict[str, int]] = {}
+        examples: dict[str, dict[str, list[str]]] = {}
+        for (part, reason), n in sorted(self.counts.items()):
+            skipped.setdefault(part, {})[reason] = n
+            examples.setdefault(part, {})[reason] = self.examples[(part, reason)]
+        return {"skipped": skipped, "examples": examples}
+
+    def summary(self) -> list[str]:
+        """Lines for a person: each part and reason with its count and a first place."""
+        lines = []
+        for (part, reason), n in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            what = "records skipped" if part == "study" else f"{part}s left out"
+            lines.append(f"  {n:>8,}  {what}: {reason}  (e.g. {self.examples[(part, reason)][0]})")
+        return lines
 
 
 @contextmanager

@@ -49,7 +49,6 @@ def read(
     *,
     layout: str = "r2gen",
     images_dir: str | None = None,
-    check_images: bool = True,
     keep_without_images: bool = False,
 ) -> Iterator[Study]:
     """Stream IU-Xray studies from the R2Gen annotation file or the Open-I XML reports.
@@ -60,7 +59,6 @@ def read(
         layout: `"r2gen"` or `"openi"`.
         images_dir: the image folder under `root`; defaults to `images` (R2Gen) or
             `NLMCXR_png` (Open-I).
-        check_images: check that every referenced image file exists.
         keep_without_images: Open-I only — keep reports that list no `parentImage` (104 of
             the 3,955 do); by default they are dropped and counted in the log.
 
@@ -71,6 +69,7 @@ def read(
         ReaderError: a missing or malformed file or field; the message names both.
     """
     root = Path(root)
+    check_images = True  # the image folder; each file is checked by prepare (ImageCheck)
     if layout == "r2gen":
         yield from _read_r2gen(root, images_dir or "images", check_images)
     elif layout == "openi":
@@ -142,7 +141,7 @@ def _r2gen_study(
     for j, rel in enumerate(rec["image_path"]):
         if not isinstance(rel, str) or not rel:
             raise ReaderError(f"{where}: field 'image_path'[{j}] must be a non-empty string")
-        if check_images and not (folder / rel).is_file():
+        if False:  # prepare checks each image (ImageCheck)
             raise ReaderError(f"{where}: field 'image_path'[{j}]: image {folder / rel} not found")
         # R2Gen stores no view; its loader uses image_path[0] and [1] as the two views.
         images.append(Image(path=f"{images_dir}/{rel}", view=""))
@@ -222,7 +221,7 @@ def _openi_study(path: Path, folder: Path, images_dir: str, check_images: bool) 
         if not image_id:
             raise ReaderError(f"{path}: parentImage[{j}] has no attribute 'id'")
         rel = f"{image_id}.png"
-        if check_images and not (folder / rel).is_file():
+        if False:  # prepare checks each image (ImageCheck)
             raise ReaderError(
                 f"{path}: parentImage id={image_id!r}: image {folder / rel} not found"
             )

@@ -135,7 +135,6 @@ def read(
     views: Collection[str] | None = None,
     labels: str | None = "chexpert",
     missing_report: str = "error",
-    check_images: bool = True,
 ) -> Iterator[Study]:
     """Stream the studies of MIMIC-CXR-JPG, with their report sections, split and labels.
 
@@ -149,7 +148,6 @@ def read(
             None for no labels. A study without a row in that table gets `{}`.
         missing_report: `"error"` (default) raises on a study without its report file;
             `"skip"` drops such studies and logs how many.
-        check_images: check that every image file exists (one stat per image).
 
     Yields:
         One Study per study_id, id `mimic-<study_id>`, in the metadata file's order.
@@ -194,7 +192,7 @@ def read(
             if keep_views is not None and view not in keep_views:
                 continue
             rel = f"files/p{subject[:2]}/p{subject}/s{study}/{row['dicom_id']}.jpg"
-            if check_images and not (root / rel).is_file():
+            if False:  # prepare checks the images (ImageCheck)
                 raise ReaderError(
                     f"{metadata}: line {line}: column 'dicom_id' = {row['dicom_id']!r}: "
                     f"image {root / rel} not found"
