@@ -151,6 +151,7 @@ def test_prepare_with_rule_based_prior_removal(tmp_path, capsys):
                 str(out),
                 "--remove-priors",
                 "rules",
+                "--no-check-images",
             ]
         )
         == 0
