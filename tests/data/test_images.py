@@ -40,10 +40,19 @@ def write_dicom(
     intercept: float | None = None,
     center: object = None,
     width: object = None,
-    voi_lut: tuple[list[int], list[int]] | None = None,
+    voi_lut: tuple[list[int], list[int]] | Dataset | None = None,
     signed: bool = False,
+    padding: tuple[int, ...] = (),
+    shape: str | None = None,
+    groups: tuple[dict, list[dict]] | None = None,
 ) -> Path:
-    """Write a real single-frame DICOM file (explicit VR little endian, 16-bit pixels)."""
+    """Write a real DICOM file (explicit VR little endian, 16-bit pixels).
+
+    A 3-D `stored` is a multi-frame image. `voi_lut` is (descriptor, data), written as OW,
+    or a ready VOI LUT item. `padding` is (Pixel Padding Value[, Range Limit]); `shape` the
+    Presentation LUT Shape; `groups` (shared, per-frame) functional groups, each a dict of
+    sequence keyword -> attributes of its one item.
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DX_STORAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -53,7 +62,9 @@ def write_dicom(
     ds.SOPClassUID = DX_STORAGE
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "DX"
-    ds.Rows, ds.Columns = stored.shape
+    ds.Rows, ds.Columns = stored.shape[-2:]
+    if stored.ndim == 3:
+        ds.NumberOfFrames = stored.shape[0]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated = 16
@@ -67,18 +78,48 @@ def write_dicom(
     if center is not None:
         ds.WindowCenter = center
         ds.WindowWidth = width
-    if voi_lut is not None:
+    if isinstance(voi_lut, Dataset):
+        ds.VOILUTSequence = [voi_lut]
+    elif voi_lut is not None:
         descriptor, data = voi_lut
-        item = Dataset()
-        item.LUTDescriptor = descriptor
-        item.LUTData = np.asarray(data, dtype="<u2").tobytes()  # OW, as written by modalities
-        ds.VOILUTSequence = [item]
+        ds.VOILUTSequence = [lut_item(descriptor, np.asarray(data, dtype="<u2").tobytes())]
+    vr = "SS" if signed else "US"
+    if padding:
+        ds.add_new(0x00280120, vr, padding[0])  # Pixel Padding Value
+    if len(padding) > 1:
+        ds.add_new(0x00280121, vr, padding[1])  # Pixel Padding Range Limit
+    if shape is not None:
+        ds.PresentationLUTShape = shape
+    if groups is not None:
+        shared, per_frame = groups
+        ds.SharedFunctionalGroupsSequence = [_group(shared)]
+        ds.PerFrameFunctionalGroupsSequence = [_group(g) for g in per_frame]
     ds.PixelData = stored.astype("<i2" if signed else "<u2").tobytes()
     try:
         ds.save_as(path, enforce_file_format=True)  # pydicom 3
     except TypeError:  # pydicom 2.x spells it differently
         ds.save_as(path, write_like_original=False)
     return path
+
+
+def lut_item(descriptor: list[int], data: bytes | list[int] | None, vr: str = "OW") -> Dataset:
+    """A VOI LUT Sequence item: LUT Data as OW bytes or US values, or none at all."""
+    item = Dataset()
+    item.add_new(0x00283002, "SS" if min(descriptor) < 0 else "US", descriptor)
+    item.LUTExplanation = "test"
+    if data is not None:
+        item.add_new(0x00283006, vr, data)
+    return item
+
+
+def _group(attrs: dict) -> Dataset:
+    group = Dataset()
+    for sequence, values in attrs.items():
+        item = Dataset()
+        for keyword, value in values.items():
+            setattr(item, keyword, value)
+        setattr(group, sequence, [item])
+    return group
 
 
 # Stored values s; modality value m = 2 s - 1000 gives -1000, -100, 0, 100, 200, 7190.
@@ -158,6 +199,190 @@ def test_dicom_voi_lut_sequence_preferred(tmp_path):
         voi_lut=([4, 0, 8], [0, 51, 102, 255]),
     )
     np.testing.assert_allclose(load_image(path), [[0.0, 0.2], [0.4, 1.0]], atol=1e-7)
+
+
+# -- VOI LUT: the descriptor's bits against the data ---------------------------------------
+
+
+def test_dicom_voi_lut_declared_16_bits_holding_12_bit_entries(tmp_path):
+    # Agfa CR and others declare 16 bits for entries that go up to 4095: the output range is
+    # the entries' own (0..4095), not 0..65535, which would leave the image nearly black.
+    stored = np.array([[0, 1], [2, 3]], dtype=np.uint16)
+    path = write_dicom(tmp_path / "agfa.dcm", stored, voi_lut=([4, 0, 16], [0, 1365, 2730, 4095]))
+    img = load_image(path)
+    np.testing.assert_allclose(img, [[0.0, 1 / 3], [2 / 3, 1.0]], atol=1e-7)
+    ds = pydicom.dcmread(path)
+    from pydicom.pixels import apply_voi
+
+    np.testing.assert_allclose(img, apply_voi(ds.pixel_array, ds) / 4095.0, atol=1e-7)
+
+
+def test_dicom_voi_lut_declared_8_bits_holding_16_bit_words(tmp_path):
+    stored = np.array([[0, 1], [2, 3]], dtype=np.uint16)
+    path = write_dicom(tmp_path / "w.dcm", stored, voi_lut=([4, 0, 8], [0, 1000, 3000, 4095]))
+    np.testing.assert_allclose(load_image(path), [[0, 1000 / 4095], [3000 / 4095, 1]], atol=1e-7)
+
+
+def test_dicom_voi_lut_8_bit_entries_two_to_a_word(tmp_path):
+    stored = np.array([[0, 1], [2, 3]], dtype=np.uint16)
+    item = lut_item([4, 0, 8], bytes([0, 51, 102, 255]))  # 4 bytes: one byte per entry
+    path = write_dicom(tmp_path / "b.dcm", stored, voi_lut=item)
+    np.testing.assert_allclose(load_image(path), [[0.0, 0.2], [0.4, 1.0]], atol=1e-7)
+
+
+def test_dicom_voi_lut_us_data_first_mapped_negative_and_clipping(tmp_path):
+    # Inputs below the first mapped value take the first entry, above the last the last.
+    stored = np.array([[-5, -2, -1], [0, 1, 100]], dtype=np.int16)
+    item = lut_item([4, -2, 12], [0, 1365, 2730, 4095], vr="US")
+    path = write_dicom(tmp_path / "s.dcm", stored, signed=True, voi_lut=item)
+    img = load_image(path)
+    np.testing.assert_allclose(img, [[0.0, 0.0, 1 / 3], [2 / 3, 1.0, 1.0]], atol=1e-7)
+    from pydicom.pixels import apply_voi
+
+    ds = pydicom.dcmread(path)
+    np.testing.assert_allclose(img, apply_voi(ds.pixel_array, ds) / 4095.0, atol=1e-7)
+    # the same descriptor written as US, first value mapped 65534 for -2
+    item = lut_item([4, 65534, 12], [0, 1365, 2730, 4095], vr="US")
+    path = write_dicom(tmp_path / "us.dcm", stored, signed=True, voi_lut=item)
+    np.testing.assert_allclose(load_image(path), img, atol=0)
+
+
+def test_dicom_voi_lut_item_without_data_falls_back_to_window(tmp_path):
+    # As pydicom's apply_voi_lut: an item without LUT Data is no VOI LUT; the window applies.
+    path = write_dicom(tmp_path / "nodata.dcm", STORED, slope=2, intercept=-1000, center="0.5",
+                       width="401", voi_lut=lut_item([4096, 0, 12], None))  # fmt: skip
+    np.testing.assert_array_equal(load_image(path), WINDOWED)
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(path)
+    out = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)
+    lo, hi = -1000, 2 * 4095 - 1000  # the window's output range: 12-bit unsigned, rescaled
+    np.testing.assert_allclose(load_image(path), (out - lo) / (hi - lo), atol=1e-7)
+    # ... and without a window, min-max
+    stored = np.array([[100, 200], [300, 500]], dtype=np.uint16)
+    path = write_dicom(tmp_path / "nowin.dcm", stored, voi_lut=lut_item([4096, 0, 12], None))
+    np.testing.assert_array_equal(load_image(path), [[0.0, 0.25], [0.5, 1.0]])
+
+
+def test_dicom_voi_lut_shorter_than_its_descriptor_raises(tmp_path):
+    stored = np.zeros((2, 2), dtype=np.uint16)
+    path = write_dicom(tmp_path / "short.dcm", stored, voi_lut=([8, 0, 16], [0, 1, 2, 3]))
+    with pytest.raises(ImageError, match=r"short\.dcm: VOI LUT Data holds 8 bytes, too few"):
+        load_image(path)
+
+
+# -- Presentation LUT Shape ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("photometric", "shape", "inverted"),
+    [
+        ("MONOCHROME2", None, False),
+        ("MONOCHROME2", "IDENTITY", False),
+        ("MONOCHROME2", "INVERSE", True),
+        ("MONOCHROME1", None, True),
+        ("MONOCHROME1", "INVERSE", True),  # DX: INVERSE goes with MONOCHROME1, one inversion
+        ("MONOCHROME1", "IDENTITY", True),
+    ],
+)
+def test_dicom_presentation_lut_shape(tmp_path, photometric, shape, inverted):
+    path = write_dicom(tmp_path / "p.dcm", STORED, photometric=photometric, shape=shape,
+                       slope=2, intercept=-1000, center="0.5", width="401")  # fmt: skip
+    np.testing.assert_array_equal(load_image(path), 1.0 - WINDOWED if inverted else WINDOWED)
+
+
+# -- Pixel Padding Value -------------------------------------------------------------------
+
+
+def test_dicom_padding_left_out_of_min_max_and_black(tmp_path):
+    stored = np.array([[4095, 100], [300, 500]], dtype=np.uint16)
+    path = write_dicom(tmp_path / "pad.dcm", stored, padding=(4095,))
+    np.testing.assert_array_equal(load_image(path), [[0.0, 0.0], [0.5, 1.0]])
+    # a range: Pixel Padding Value to Range Limit, inclusive, in either order
+    stored = np.array([[4000, 4095, 100], [4050, 300, 500]], dtype=np.uint16)
+    path = write_dicom(tmp_path / "range.dcm", stored, padding=(4095, 4000))
+    np.testing.assert_array_equal(load_image(path), [[0.0, 0.0, 0.0], [0.0, 0.5, 1.0]])
+    # MONOCHROME1: padding is black too, after the inversion
+    stored = np.array([[4095, 100], [300, 500]], dtype=np.uint16)
+    path = write_dicom(tmp_path / "m1.dcm", stored, padding=(4095,), photometric="MONOCHROME1")
+    np.testing.assert_array_equal(load_image(path), [[0.0, 1.0], [0.5, 0.0]])
+
+
+def test_dicom_padding_signed_with_window(tmp_path):
+    stored = np.array([[-2000, -100, 0], [100, 200, 2047]], dtype=np.int16)
+    path = write_dicom(tmp_path / "s.dcm", stored, signed=True, center="0.5", width="401",
+                       padding=(-2000,))  # fmt: skip
+    expected = WINDOWED.copy()
+    expected[0, 0] = 0.0
+    np.testing.assert_array_equal(load_image(path), expected)
+
+
+def test_dicom_padding_value_absent_from_the_image_changes_nothing(tmp_path):
+    stored = np.array([[100, 200], [300, 500]], dtype=np.uint16)
+    path = write_dicom(tmp_path / "np.dcm", stored, padding=(0,))
+    np.testing.assert_array_equal(load_image(path), [[0.0, 0.25], [0.5, 1.0]])
+
+
+# -- multi-frame ---------------------------------------------------------------------------
+
+
+def test_dicom_multi_frame_reads_the_chosen_frame(tmp_path):
+    frames = np.stack([STORED, STORED[::-1], STORED * 0 + 7]).astype(np.uint16)
+    path = write_dicom(tmp_path / "mf.dcm", frames, slope=2, intercept=-1000, center="0.5",
+                       width="401")  # fmt: skip
+    with pytest.raises(ImageError, match=r"mf\.dcm: holds 3 frames; choose one with frame=0\.\.2"):
+        load_image(path)
+    np.testing.assert_array_equal(load_image(path, frame=0), WINDOWED)
+    np.testing.assert_array_equal(load_image(path, frame=1), WINDOWED[::-1])
+    for bad in (3, -1):
+        with pytest.raises(ImageError, match=rf"mf\.dcm: no frame {bad}"):
+            load_image(path, frame=bad)
+    # a single-frame file reads with frame=0 too, and a PNG has only frame 0
+    single = write_dicom(tmp_path / "sf.dcm", STORED, slope=2, intercept=-1000, center="0.5",
+                         width="401")  # fmt: skip
+    np.testing.assert_array_equal(load_image(single, frame=0), WINDOWED)
+    PILImage.fromarray(np.zeros((2, 2), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert load_image(tmp_path / "a.png", frame=0).shape == (2, 2)
+    with pytest.raises(ImageError, match=r"a\.png: no frame 1"):
+        load_image(tmp_path / "a.png", frame=1)
+
+
+def test_dicom_functional_groups_per_frame_over_shared(tmp_path):
+    # Enhanced images: rescale and window in functional groups; a frame's own group wins.
+    frames = np.stack([STORED, STORED]).astype(np.uint16)
+    shared = {
+        "PixelValueTransformationSequence": {"RescaleSlope": 2, "RescaleIntercept": -1000,
+                                             "RescaleType": "US"},
+        "FrameVOILUTSequence": {"WindowCenter": 0.5, "WindowWidth": 401},
+    }  # fmt: skip
+    per_frame = [{}, {"FrameVOILUTSequence": {"WindowCenter": 100.5, "WindowWidth": 201}}]
+    path = write_dicom(tmp_path / "enh.dcm", frames, groups=(shared, per_frame))
+    np.testing.assert_array_equal(load_image(path, frame=0), WINDOWED)
+    # frame 1: window 100.5/201 over m = -1000, -100, 0, 100, 200, 7190 -> c' = 100, w' = 200
+    np.testing.assert_array_equal(load_image(path, frame=1), [[0.0, 0.0, 0.0], [0.5, 1.0, 1.0]])
+
+
+# -- rescale with empty values, transfer syntaxes without a decoder ---------------------------
+
+
+def test_dicom_empty_rescale_is_no_rescale(tmp_path):
+    stored = np.array([[100, 200], [300, 500]], dtype=np.uint16)
+    path = write_dicom(tmp_path / "er.dcm", stored, slope="", intercept="")
+    np.testing.assert_array_equal(load_image(path), [[0.0, 0.25], [0.5, 1.0]])
+
+
+def test_dicom_transfer_syntax_pydicom_cannot_decode(tmp_path):
+    from pydicom.encaps import encapsulate
+
+    path = write_dicom(tmp_path / "mpeg.dcm", STORED)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 Main Profile
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path)
+    with pytest.raises(ImageError, match=r"mpeg\.dcm: pixel data is MPEG2 .* which pydicom cannot"):
+        load_image(path)
 
 
 def test_png_8bit_16bit_rgb_rgba(tmp_path):

@@ -12,10 +12,18 @@ Intensity rules:
   65535 for 16-bit), so stored intensities keep their meaning across images; colour is turned
   into luma with the ITU-R BT.601 weights (0.299 R + 0.587 G + 0.114 B) in float, and an alpha
   channel is dropped (radiographs saved with alpha are opaque).
-* DICOM (pydicom): the Modality LUT (Rescale Slope/Intercept) is applied, then the VOI LUT
-  Sequence if present, else the first Window Center/Width pair; the output is scaled by the
-  full output range of that VOI transform. Without any VOI the image is min-max scaled.
-  MONOCHROME1 is inverted last, so that bright always means dense.
+* DICOM (pydicom): the Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence) is
+  applied, then the first VOI LUT Sequence item that has LUT data, else the first Window
+  Center/Width pair; the output is scaled by the full output range of that VOI transform (for
+  a VOI LUT, the width of its largest entry, since devices misstate the descriptor's bits).
+  Without any VOI the image is min-max scaled. MONOCHROME1, or Presentation LUT Shape
+  INVERSE, inverts last (once, when both are set), so that bright always means dense. Pixel
+  Padding Value (and Range Limit) pixels are left out of the min-max range and come out 0.
+  Enhanced multi-frame images take rescale and window from their frame's functional groups.
+* Compressed DICOM decodes through pydicom's plugins: RLE natively, 8-bit JPEG and JPEG 2000
+  with Pillow, JPEG-LS, JPEG Lossless, 12-bit JPEG and JPEG 2000 with the `dicom` extra
+  (pylibjpeg + pylibjpeg-libjpeg, GPLv3, + pylibjpeg-openjpeg). A missing plugin is an
+  `ImageError` that names the file and the package to install.
 
 A missing, truncated or corrupt file raises `ImageError` naming the file and what failed;
 nothing is ever replaced by a substitute image. `load_images(..., skip_bad=True)` reports
@@ -54,13 +62,18 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 # Loading
 
 
-def load_image(path: str | Path, *, dtype: Dtype = "float32") -> np.ndarray:
+def load_image(
+    path: str | Path, *, dtype: Dtype = "float32", frame: int | None = None
+) -> np.ndarray:
     """Read one PNG/JPEG or DICOM image as a 2-D grayscale array.
 
     Args:
         path: The image file. DICOM is recognised by a `.dcm`/`.dicom` suffix or by the
             "DICM" marker after the 128-byte preamble; anything else goes to Pillow.
         dtype: "float32" for values in [0, 1], or "uint8" for round(255 * value).
+        frame: For a multi-frame DICOM file, the frame to read (0-based); only that frame
+            is decoded. None reads single-frame files and refuses multi-frame ones, since
+            several frames are rarely one radiograph (a series, a tomosynthesis stack).
 
     Returns:
         A C-contiguous array of shape (rows, columns).
@@ -73,7 +86,12 @@ def load_image(path: str | Path, *, dtype: Dtype = "float32") -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    img = _load_dicom(path) if _is_dicom(path) else _load_raster(path)
+    if _is_dicom(path):
+        img = _load_dicom(path, frame)
+    elif frame not in (None, 0):
+        raise ImageError(f"{path}: no frame {frame} (not a DICOM file: one frame)")
+    else:
+        img = _load_raster(path)
     img = np.clip(img, 0.0, 1.0)
     if dtype == "uint8":
         return np.ascontiguousarray(np.round(img * 255.0).astype(np.uint8))
@@ -172,24 +190,40 @@ def _raster_to_gray(im: Any, path: Path) -> np.ndarray:
     return arr
 
 
-def _pydicom_pixels() -> tuple[Any, Any, Any]:
-    """apply_modality_lut, apply_windowing, apply_voi from pydicom 3 (or 2.4)."""
-    try:
-        from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
-    except ImportError:  # pydicom 2.x
-        from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]
-            apply_modality_lut,
-            apply_voi,
-            apply_windowing,
-        )
-    return apply_modality_lut, apply_windowing, apply_voi
+# --------------------------------------------------------------------------------------------
+# DICOM
+
+# Compressed transfer syntaxes and the decoder plugins of the `dicom` extra that pydicom uses
+# for them. pydicom decodes native, deflated and RLE data itself (pylibjpeg-rle, also in the
+# extra, only does it faster), and Pillow (the `data` extra) 8-bit JPEG and JPEG 2000;
+# JPEG-LS, JPEG Lossless and 12-bit JPEG need libjpeg.
+_LIBJPEG = ("pylibjpeg", "pylibjpeg-libjpeg")
+_OPENJPEG = ("pylibjpeg", "pylibjpeg-openjpeg")
+_PLUGINS: dict[str, tuple[str, ...]] = {
+    "1.2.840.10008.1.2.4.50": _LIBJPEG,  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51": _LIBJPEG,  # JPEG Extended (Process 2 and 4), 12-bit
+    "1.2.840.10008.1.2.4.57": _LIBJPEG,  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70": _LIBJPEG,  # JPEG Lossless, First-Order Prediction (SV1)
+    "1.2.840.10008.1.2.4.80": _LIBJPEG,  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": _LIBJPEG,  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": _OPENJPEG,  # JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.91": _OPENJPEG,  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": _OPENJPEG,  # HTJ2K (Lossless Only)
+    "1.2.840.10008.1.2.4.202": _OPENJPEG,  # HTJ2K with RPCL Options (Lossless Only)
+    "1.2.840.10008.1.2.4.203": _OPENJPEG,  # HTJ2K
+}
+# Frame functional groups (enhanced multi-frame images) that hold what single-frame images
+# keep at the top level: rescale in Pixel Value Transformation, windows in Frame VOI LUT.
+_FRAME_GROUPS = {
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+}
 
 
-def _load_dicom(path: Path) -> np.ndarray:
+def _load_dicom(path: Path, frame: int | None) -> np.ndarray:
     require("pydicom", purpose="reading DICOM images")
     import pydicom
 
-    apply_modality_lut, apply_windowing, apply_voi = _pydicom_pixels()
     try:
         ds = pydicom.dcmread(path)
     except Exception as e:  # pydicom raises many kinds on garbage; all mean "unreadable"
@@ -202,38 +236,220 @@ def _load_dicom(path: Path) -> np.ndarray:
             f"{path}: unsupported PhotometricInterpretation {photometric!r} "
             "(MONOCHROME1 or MONOCHROME2 expected)"
         )
-    try:
-        stored = ds.pixel_array
-    except Exception as e:  # truncated pixel data, unknown compression, missing decoder
-        raise ImageError(f"{path}: cannot decode pixel data ({type(e).__name__}: {e})") from e
+    index = _frame_index(ds, frame, path)
+    stored = _decode(ds, index, path)
     if stored.ndim != 2:
-        raise ImageError(
-            f"{path}: expected a single-frame 2-D image, got pixel array of shape {stored.shape}"
-        )
+        raise ImageError(f"{path}: expected a 2-D frame, got pixel array of shape {stored.shape}")
+    _use_frame_groups(ds, index or 0)
+    padding = _padding(stored, ds)
     try:
-        arr = np.asarray(apply_modality_lut(stored, ds))
-        if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
-            bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-            # A LUT is indexed by integers; rescaled values are floats that are integral in
-            # practice, and passing them as such avoids pydicom's float-input warning.
-            if arr.dtype.kind == "f" and np.array_equal(arr, np.round(arr)):
-                arr = arr.astype(np.int64)
-            out = np.asarray(apply_voi(arr, ds, index=0), dtype=np.float64)
-            arr = out / float(2**bits - 1)
-        elif _has_value(ds, "WindowCenter") and _has_value(ds, "WindowWidth"):
-            arr = _window_0_1(arr.astype(np.float64), ds, apply_windowing)
-        else:
-            arr = _min_max(arr.astype(np.float64))
-    except ImageError:
-        raise
-    except Exception as e:  # malformed LUT or window attributes
+        arr = _grayscale_0_1(stored, ds, padding)
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from e
+    except Exception as e:  # malformed rescale, LUT or window attributes
         raise ImageError(f"{path}: cannot apply rescale/VOI ({type(e).__name__}: {e})") from e
     if not np.all(np.isfinite(arr)):
         raise ImageError(f"{path}: non-finite values after rescale/VOI")
     arr = np.clip(arr, 0.0, 1.0)
-    if photometric == "MONOCHROME1":
+    # MONOCHROME1 shows its minimum as white. Presentation LUT Shape INVERSE asks for the same
+    # inversion: the DX IOD requires INVERSE exactly when the image is MONOCHROME1 (PS3.3
+    # C.8.11.7), so the two together mean one inversion, not two.
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    if photometric == "MONOCHROME1" or shape == "INVERSE":
         arr = 1.0 - arr
+    if padding is not None:
+        # Padding is no image content; PS3.3 C.7.5.1.1.2 recommends padding with black.
+        arr[padding] = 0.0
     return arr
+
+
+def _frame_index(ds: Any, frame: int | None, path: Path) -> int | None:
+    """The frame to decode (None: the only one), checked against Number of Frames."""
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError) as e:
+        raise ImageError(f"{path}: unreadable NumberOfFrames {ds.get('NumberOfFrames')!r}") from e
+    if frame is None:
+        if frames > 1:
+            raise ImageError(
+                f"{path}: holds {frames} frames; choose one with frame=0..{frames - 1}"
+            )
+        return None
+    if not 0 <= frame < max(frames, 1):
+        raise ImageError(f"{path}: no frame {frame} (the file holds {frames})")
+    return frame if frames > 1 else None
+
+
+def _decode(ds: Any, index: int | None, path: Path) -> np.ndarray:
+    """The stored values of one frame, or an ImageError that names the missing decoder."""
+    from pydicom.pixels import get_decoder
+
+    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    decoder = None
+    if tsyntax is not None and _is_compressed(tsyntax):
+        what = f"{tsyntax.name} ({tsyntax})"
+        try:
+            decoder = get_decoder(tsyntax)
+        except NotImplementedError as e:
+            raise ImageError(f"{path}: pixel data is {what}, which pydicom cannot decode") from e
+        if not decoder.is_available:
+            hint = _install_hint(tsyntax) or "pydicom's plugins for it: " + ", ".join(
+                decoder.missing_dependencies
+            )
+            raise ImageError(
+                f"{path}: pixel data is {what} and no decoder for it is installed; {hint}"
+            )
+    try:
+        ds.pixel_array_options(index=index)
+        return np.asarray(ds.pixel_array)
+    except Exception as e:  # truncated pixel data, corrupt stream, a plugin that cannot
+        msg = f"{path}: cannot decode pixel data ({type(e).__name__}: {e})"
+        hint = _install_hint(tsyntax) if decoder is not None else ""
+        if hint and "pylibjpeg" not in decoder.available_plugins:
+            # e.g. 12-bit JPEG with only Pillow, which decodes 8-bit JPEG alone
+            msg += f"; {hint}"
+        raise ImageError(msg) from e
+
+
+def _is_compressed(tsyntax: Any) -> bool:
+    try:
+        return bool(tsyntax.is_compressed)
+    except ValueError:  # not a transfer syntax UID that pydicom knows
+        return True
+
+
+def _install_hint(tsyntax: Any) -> str:
+    """What to install for `tsyntax`; "" where the `dicom` extra has nothing for it."""
+    plugins = _PLUGINS.get(str(tsyntax))
+    if plugins is None:
+        return ""
+    return f"it needs {' and '.join(plugins)}: pip install 'radixpert[dicom]'" + (
+        " (pylibjpeg-libjpeg is GPLv3)" if "pylibjpeg-libjpeg" in plugins else ""
+    )
+
+
+def _use_frame_groups(ds: Any, index: int) -> None:
+    """Copy one frame's rescale and window from its functional groups to the top level.
+
+    Enhanced multi-frame images keep them per frame (Per-Frame Functional Groups) or for
+    all frames (Shared Functional Groups), per-frame winning; pydicom's LUT functions read
+    the top level only.
+    """
+    groups = []
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and index < len(per_frame):
+        groups.append(per_frame[index])
+    for group in groups:
+        for sequence, keywords in _FRAME_GROUPS.items():
+            items = group.get(sequence)
+            if not items:
+                continue
+            for keyword in keywords:
+                if keyword in items[0]:
+                    setattr(ds, keyword, items[0][keyword].value)
+
+
+def _padding(stored: np.ndarray, ds: Any) -> np.ndarray | None:
+    """Where the stored values are Pixel Padding (a value, or a range with its limit)."""
+    if not _has_value(ds, "PixelPaddingValue"):
+        return None
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    ends = [_stored_int(ds.PixelPaddingValue, signed)]
+    if _has_value(ds, "PixelPaddingRangeLimit"):
+        ends.append(_stored_int(ds.PixelPaddingRangeLimit, signed))
+    lo, hi = min(ends), max(ends)
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
+
+
+def _stored_int(value: Any, signed: bool) -> int:
+    # US or SS by Pixel Representation; a file that wrote SS data as US holds e.g. 63536
+    # for -2000.
+    v = int(_first(value))
+    return v - 65536 if signed and v >= 32768 else v
+
+
+def _grayscale_0_1(stored: np.ndarray, ds: Any, padding: np.ndarray | None) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window (or min-max), scaled to [0, 1]."""
+    from pydicom.pixels import apply_modality_lut, apply_windowing
+
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword in ds and not _has_value(ds, keyword):
+            del ds[keyword]  # an empty rescale is no rescale
+    arr = np.asarray(apply_modality_lut(stored, ds))
+    lut = _voi_lut_item(ds)
+    if lut is not None:
+        return _apply_voi_lut(arr, lut, ds)
+    if _has_value(ds, "WindowCenter") and _has_value(ds, "WindowWidth"):
+        return _window_0_1(arr.astype(np.float64), ds, apply_windowing)
+    return _min_max(arr.astype(np.float64), padding)
+
+
+def _voi_lut_item(ds: Any) -> Any:
+    """The first VOI LUT Sequence item, if it has both a descriptor and data.
+
+    As in pydicom's `apply_voi_lut`, an item without LUT Data is no VOI LUT: the window (or
+    min-max) applies instead.
+    """
+    items = ds.get("VOILUTSequence")
+    if not items:
+        return None
+    item = items[0]
+    if not (_has_value(item, "LUTDescriptor") and _has_value(item, "LUTData")):
+        logger.debug("VOI LUT Sequence item without LUT Descriptor/Data; using the window")
+        return None
+    return item
+
+
+def _apply_voi_lut(arr: np.ndarray, item: Any, ds: Any) -> np.ndarray:
+    """Map through the LUT and scale by its output range.
+
+    The range is 2**bits - 1 for `bits` the width of the LUT's largest entry (at least 8),
+    not the third LUT Descriptor value taken at face value: some devices (Agfa CR among
+    them) declare 16 bits for 12-bit entries, and some declare 8 bits for 16-bit words.
+    For a LUT that uses its declared width, the two agree.
+    """
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    if len(descriptor) != 3:
+        raise ImageError(f"VOI LUT Descriptor has {len(descriptor)} values, 3 expected")
+    entries, first, bits = descriptor
+    entries = entries % 65536 or 65536  # 0 means 2**16; an SS-read count wraps negative
+    if first >= 32768 and (int(ds.get("PixelRepresentation", 0)) == 1 or arr.min() < 0):
+        # The first value mapped is SS for signed input (PS3.3 C.11.2.1.1); written as US it
+        # reads e.g. 63488 for -2048, above every input, which would leave a blank image.
+        first -= 65536
+    table = _lut_entries(item, entries, bits, ds)
+    need = int(table.max()).bit_length()
+    out_bits = max(need, min(bits, 8), 1)
+    if out_bits != bits:
+        logger.debug("VOI LUT declares %d bits, its entries use %d", bits, need)
+    if arr.dtype.kind == "f":
+        arr = np.rint(arr)
+    idx = np.clip(arr.astype(np.int64) - first, 0, entries - 1)
+    return table[idx].astype(np.float64) / float(2**out_bits - 1)
+
+
+def _lut_entries(item: Any, entries: int, bits: int, ds: Any) -> np.ndarray:
+    value = item.LUTData
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) >= 2 * entries:  # 16-bit words, one entry each
+            little = getattr(ds, "original_encoding", (None, True))[1] is not False
+            table = np.frombuffer(value, dtype="<u2" if little else ">u2", count=entries)
+        elif bits <= 8 and len(value) >= entries:  # 8-bit entries, two to a word
+            table = np.frombuffer(value, dtype=np.uint8, count=entries)
+        else:
+            raise ImageError(
+                f"VOI LUT Data holds {len(value)} bytes, too few for {entries} entries"
+            )
+    else:
+        values = [value] if isinstance(value, int) else list(value)
+        if len(values) < entries:
+            raise ImageError(f"VOI LUT Data holds {len(values)} entries, {entries} declared")
+        table = np.asarray(values[:entries], dtype=np.int64) % 65536  # SS data wraps to US
+    return table.astype(np.int64)
 
 
 def _window_0_1(arr: np.ndarray, ds: Any, apply_windowing: Any) -> np.ndarray:
@@ -257,9 +473,11 @@ def _window_0_1(arr: np.ndarray, ds: Any, apply_windowing: Any) -> np.ndarray:
 def _has_value(ds: Any, keyword: str) -> bool:
     """Whether `ds` has the element with a non-empty value (scanners write empty windows)."""
     value = ds.get(keyword)
-    if value is None or value == "":
+    if value is None or value == "" or value == b"":
         return False
-    return not (hasattr(value, "__len__") and not isinstance(value, str) and len(value) == 0)
+    return not (
+        hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and len(value) == 0
+    )
 
 
 def _first(value: Any) -> float:
@@ -270,8 +488,12 @@ def _first(value: Any) -> float:
     return float(value)
 
 
-def _min_max(arr: np.ndarray) -> np.ndarray:
-    lo, hi = float(arr.min()), float(arr.max())
+def _min_max(arr: np.ndarray, padding: np.ndarray | None = None) -> np.ndarray:
+    """Scale to [0, 1] by the range of the image's values, padding left out of the range."""
+    content = arr if padding is None else arr[~padding]
+    if content.size == 0:
+        return np.zeros_like(arr)
+    lo, hi = float(content.min()), float(content.max())
     if hi <= lo:
         return np.zeros_like(arr)
     return (arr - lo) / (hi - lo)
