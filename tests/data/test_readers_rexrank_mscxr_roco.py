@@ -31,43 +31,7 @@ REXRANK = {
 }
 
 
-def test_rexrank_json(tmp_path):
-    folder = tmp_path / "iu_xray"
-    folder.mkdir()
-    (folder / "ReXRank_IUXray_valid.json").write_text(json.dumps(REXRANK, indent=4))
-    # the CheXpert Plus file carries bare NaN: accepted, read as empty text
-    nan = json.dumps(
-        {
-            "p1": {
-                "image_path": ["a.jpg"],
-                "frontal_lateral": ["Frontal"],
-                "section_findings": "x",
-                "split": "test",
-            }
-        }
-    )
-    (folder / "ReXRank_CheXpertPlus.json").write_text(nan.replace('"x"', "NaN"))
-    studies = {s.id: s for s in rexrank.read(folder)}
-    s = studies["CXR2279_IM-0865"]
-    assert [(i.path, i.view) for i in s.images] == [
-        ("CXR2279_IM-0865/0.png", "Frontal"),
-        ("CXR2279_IM-0865/1.png", "Lateral"),
-    ]
-    assert (s.findings, s.impression, s.split) == (
-        "Heart size is enlarged.",
-        "Cardiomegaly.",
-        "validate",
-    )
-    assert s.indication == "XXXX-year-old female with seizure."
-    assert s.comparison == "AP chest XXXX."
-    assert studies["p1"].findings == ""
-
-
-def test_rexrank_bad_shape_names_file_and_id(tmp_path):
-    p = tmp_path / "ReXRank_bad.json"
-    p.write_text(json.dumps({"s1": {"image_path": ["a.png"], "frontal_lateral": []}}))
-    with pytest.raises(ReaderError, match=r"ReXRank_bad\.json: id 's1': 'image_path' and"):
-        list(rexrank.read(p))
+# The ReXrank test sets: tests/data/test_reader_rexrank.py (real-layout fixture).
 
 
 def test_rexgradient(tmp_path):
