@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("pydicom")
 pytest.importorskip("ensemble_boxes")
 
-from radixpert.data.readers import vindr_cxr
+from radixpert.data.readers import SkipLog, vindr_cxr
 from radixpert.errors import ReaderError
 
 
@@ -64,29 +64,58 @@ def root(tmp_path):
 
 
 def test_fused_boxes_labels_and_report(root):
-    s1, s2 = vindr_cxr.read(root, splits=("train",))
+    log = SkipLog()
+    s1, s2 = log.studies(vindr_cxr.read(root, splits=("train",)))
     assert s1.id == "vindr-img1" and s1.report_source == "synthesised-from-labels"
     heart = [b for b in s1.boxes if b.label == "Cardiomegaly"]
     assert len(heart) == 1  # three radiologists' boxes fused into one
     assert heart[0].x1 == pytest.approx(1000 / 2500, abs=1e-3)
     assert heart[0].y2 == pytest.approx(1803.3 / 2000, abs=1e-3)
     support = dict(zip([b.label for b in s1.boxes], s1.extra["box_support"], strict=True))
-    assert support == {"Cardiomegaly": 3, "Pleural effusion": 1}  # VinDr's class names
-    # majority vote: effusion 1 of 3 -> negative; cardiomegaly 3 of 3 -> positive
+    assert support == {"Cardiomegaly": 3}  # VinDr's class names
+    # majority vote: effusion 1 of 3 -> negative; cardiomegaly 3 of 3 -> positive. The one
+    # radiologist's effusion box is left out with the label, and counted.
     assert s1.labels["Cardiomegaly"] == 1 and s1.labels["Pleural Effusion"] == 0
+    assert log.counts == {("box", "box of a finding the majority did not label"): 1}
+    assert (
+        "Pleural effusion: 1 box(es) by 1 of 3 radiologists"
+        in log.examples[("box", "box of a finding the majority did not label")][0]
+    )
     assert s1.labels["Support Devices"] is None  # VinDr does not cover it
     assert s1.labels["No Finding"] is None
     assert s1.findings or s1.impression
     assert s2.labels["No Finding"] == 1 and s2.boxes == []
     # only boxes drawn by at least two radiologists
-    (strict,) = [s for s in vindr_cxr.read(root, splits=("train",), min_support=2)][:1]
+    (strict,) = list(SkipLog().studies(vindr_cxr.read(root, splits=("train",), min_support=3)))[:1]
     assert [b.label for b in strict.boxes] == ["Cardiomegaly"]
 
 
 def test_missing_image_and_bad_label(root):
     (root / "train" / "img2.dicom").unlink()
-    with pytest.raises(ReaderError, match=r"img2\.dicom: image not found"):
-        list(vindr_cxr.read(root, splits=("train",)))
+    log = SkipLog()
+    assert [s.id for s in log.studies(vindr_cxr.read(root, splits=("train",)))] == ["vindr-img1"]
+    assert log.counts[("study", "image file missing (its size is needed)")] == 1
     (root / "annotations" / "image_labels_train.csv").write_text(LABELS + "img1,R1,0,2,0,0\n")
     with pytest.raises(ReaderError, match=r"line 2: column 'Cardiomegaly' = '2'"):
         list(vindr_cxr.read(root, splits=("train",)))
+
+
+def test_the_test_split_has_no_rad_id_and_is_one_consensus_reader(tmp_path):
+    # annotations_test.csv / image_labels_test.csv: the consensus of five radiologists, without
+    # a rad_id column, and "Other disease" where train says "Other diseases".
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    (ann / "annotations_test.csv").write_text(
+        "image_id,class_name,x_min,y_min,x_max,y_max\n"
+        "t1,Cardiomegaly,1000,1200,2000,1800\nt2,No finding,,,,\n"
+    )
+    (ann / "image_labels_test.csv").write_text(
+        "image_id,Cardiomegaly,Other disease,No finding\nt1,1,1,0\nt2,0,0,1\n"
+    )
+    write_dicom(tmp_path / "test" / "t1.dicom", rows=2000, cols=2500)
+    write_dicom(tmp_path / "test" / "t2.dicom", rows=100, cols=100)
+    t1, t2 = SkipLog(strict=True).studies(vindr_cxr.read(tmp_path, splits=("test",)))
+    assert (t1.split, t1.extra["radiologists"], t1.labels["Cardiomegaly"]) == ("test", 1, 1)
+    assert [(b.label, round(b.x1, 3)) for b in t1.boxes] == [("Cardiomegaly", 0.4)]
+    assert t1.extra["vindr_labels"] == ["Cardiomegaly", "Other diseases"]
+    assert t2.labels["No Finding"] == 1 and t2.boxes == []

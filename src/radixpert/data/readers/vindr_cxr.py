@@ -10,7 +10,13 @@ Per image: each radiologist's boxes of one class are fused with weighted box fus
 `ensemble-boxes` package: `iou_thr` 0.5 by default) and a fused box keeps the number of
 radiologists behind it (`extra["box_support"]`); `min_support` drops boxes fewer radiologists
 drew (default 1: keep all). Image labels are a majority vote of the radiologists, mapped to
-the CheXpert observations VinDr covers (others stay None). VinDr ships no reports: findings and
+the CheXpert observations VinDr covers (others stay None). Boxes agree with the labels: a box
+of a finding that the majority did not label (one radiologist of three drew it) is left out
+and counted, so a report that says the finding is absent never comes with its box.
+
+The test set is the consensus of five radiologists and its CSVs have no `rad_id` column: it is
+read as one reader. An image listed without its DICOM file is skipped (counted), since its size
+is needed to normalise the boxes. VinDr ships no reports: findings and
 impression are synthesised from the labels and marked `report_source="synthesised-from-labels"`.
 
     radixpert data prepare vindr-cxr --root vindr-cxr/1.0.0 --out vindr.jsonl
@@ -23,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from radixpert.data.readers import iter_csv
+from radixpert.data.readers import Skip, iter_csv
 from radixpert.data.study import Box, Image, Study
 from radixpert.errors import ReaderError
 from radixpert.vocab import OBSERVATIONS
@@ -49,10 +55,10 @@ TO_CHEXPERT = {
 COVERED = sorted(set(TO_CHEXPERT.values()))
 
 
-def _size(path: Path) -> tuple[int, int]:
-    """(width, height) from the DICOM header, without reading pixels."""
+def _size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the DICOM header, without reading pixels; None without the file."""
     if not path.is_file():
-        raise ReaderError(f"{path}: image not found (needed for its size)")
+        return None
     import pydicom
 
     try:
@@ -85,8 +91,15 @@ def read(
     iou_thr: float = 0.5,
     min_support: int = 1,
     seed: int = 0,
-) -> Iterator[Study]:
-    """Studies (one per image) with fused boxes, majority-vote labels and template reports."""
+) -> Iterator[Study | Skip]:
+    """Studies (one per image) with fused boxes, majority-vote labels and template reports.
+
+    Args:
+        splits: Which annotation files to read (`train`, `test`).
+        iou_thr: IoU above which boxes of one class from different radiologists are fused.
+        min_support: Keep fused boxes drawn by at least this many radiologists.
+        seed: Seed of the template reports.
+    """
     from radixpert.data.templates import report_from_labels
 
     root = Path(root)
@@ -96,7 +109,7 @@ def read(
         lab = root / "annotations" / f"image_labels_{split}.csv"
         boxes: dict[str, dict[str, dict[str, list]]] = defaultdict(lambda: defaultdict(dict))
         for line, row in iter_csv(
-            ann, ("image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max")
+            ann, ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max")
         ):
             if row["class_name"] == "No finding" or not row["x_min"].strip():
                 continue
@@ -105,10 +118,11 @@ def read(
             except ValueError:
                 raise ReaderError(f"{ann}: line {line}: box coordinates must be numbers") from None
             per_class = boxes[row["image_id"]][row["class_name"]]
-            per_class.setdefault(row["rad_id"], []).append(box)
+            per_class.setdefault(row.get("rad_id", "consensus"), []).append(box)
         votes: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        for line, row in iter_csv(lab, ("image_id", "rad_id")):
+        for line, row in iter_csv(lab, ("image_id",)):
             for name, value in row.items():
+                name = "Other diseases" if name == "Other disease" else name  # test vs train
                 if name in ("image_id", "rad_id"):
                     continue
                 if value.strip() not in ("0", "1", "0.0", "1.0"):
@@ -116,9 +130,16 @@ def read(
                         f"{lab}: line {line}: column {name!r} = {value!r}, expected 0 or 1"
                     )
                 votes[row["image_id"]][name].append(int(float(value)))
+        for image_id in sorted(set(boxes) - set(votes)):
+            yield Skip("boxes of an image without labels", f"{ann} image {image_id}")
         for image_id in sorted(votes):
             path = root / split / f"{image_id}.dicom"
-            width, height = _size(path)
+            size = _size(path)
+            if size is None:
+                yield Skip("image file missing (its size is needed)", f"{lab} image {image_id}",
+                           f"{split}/{image_id}.dicom")  # fmt: skip
+                continue
+            width, height = size
             present = {n for n, v in votes[image_id].items() if 2 * sum(v) > len(v)}
             labels = {o: None for o in OBSERVATIONS}
             for o in COVERED:
@@ -130,6 +151,13 @@ def read(
                 labels["No Finding"] = None  # CheXpert: never 0, blank when something is found
             out_boxes, support = [], []
             for cls, per_rad in sorted(boxes.get(image_id, {}).items()):
+                if cls not in present:
+                    n = sum(len(b) for b in per_rad.values())
+                    yield Skip("box of a finding the majority did not label",
+                               f"{ann} image {image_id}", f"{cls}: {n} box(es) by "
+                               f"{len(per_rad)} of {len(next(iter(votes[image_id].values())))} "
+                               "radiologists", part="box")  # fmt: skip
+                    continue
                 norm = {r: [(b[0] / width, b[1] / height, b[2] / width, b[3] / height)
                             for b in bs] for r, bs in per_rad.items()}  # fmt: skip
                 for b, n in _fuse(norm, iou_thr):
