@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from radixpert.data.readers import imagenome
+from radixpert.data.readers import SkipLog, imagenome
 from radixpert.errors import ReaderError
 
 GRAPH = {
@@ -69,10 +69,28 @@ def test_region_boxes(tmp_path, zipped):
     assert s.indication == "___M with cough"
 
 
-def test_missing_scene_graph(tmp_path):
+def test_missing_scene_graph_gold_images_and_dcm_paths(tmp_path):
+    # As the release ships it: `path` names the DICOM, a split row may lack its scene graph,
+    # and splits/images_to_avoid.csv lists the gold-standard images to keep out.
     root = make(tmp_path)
-    (root / "silver_dataset" / "splits" / "train.csv").write_text(
-        ",subject_id,study_id,dicom_id,path,ViewPosition\n0,1,5,zz,files/zz.jpg,AP\n"
+    splits = root / "silver_dataset" / "splits"
+    (splits / "train.csv").write_text(
+        ",subject_id,study_id,dicom_id,path,ViewPosition\n"
+        "0,10000032,50414267,d1,files/p10/p10000032/s50414267/d1.dcm,PA\n"
+        "1,10000032,50414267,zz,files/p10/p10000032/s50414267/zz.dcm,AP\n"
+        "2,10000033,50414268,g1,files/p10/p10000033/s50414268/g1.dcm,AP\n"
     )
-    with pytest.raises(ReaderError, match=r"scene_graph\.zip: no zz_SceneGraph\.json"):
-        list(imagenome.read(root, splits=("train",)))
+    (splits / "images_to_avoid.csv").write_text("dicom_id,study_id,subject_id\ng1,50414268,1\n")
+    log = SkipLog()
+    (s,) = log.studies(imagenome.read(root, splits=("train",)))
+    assert s.images[0].path == "files/p10/p10000032/s50414267/d1.jpg"
+    assert s.dataset == "imagenome"  # the name leakage checks know (splits.PATIENT_SOURCES)
+    assert log.counts == {
+        ("study", "no scene graph"): 1,
+        ("study", "gold-standard image (images_to_avoid.csv)"): 1,
+    }
+    kept = list(SkipLog().studies(imagenome.read(root, splits=("train",), avoid=False,
+                                                 image_suffix=".dcm")))  # fmt: skip
+    assert [k.images[0].path.rsplit("/", 1)[1] for k in kept] == ["d1.dcm"]
+    with pytest.raises(ReaderError, match=r"train\.csv:3: record skipped: no scene graph"):
+        list(SkipLog(strict=True).studies(imagenome.read(root, splits=("train",))))

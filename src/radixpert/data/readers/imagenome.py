@@ -8,6 +8,14 @@ path, ViewPosition`). One Study per image: a box per anatomical region (`bbox_na
 it; the number clipped is counted in `extra`), with the report phrases of that region; the
 region's positive findings (`category|yes|label` attributes) go to `extra["region_findings"]`.
 
+As the release ships it: the split CSVs' `path` names MIMIC-CXR's DICOM
+(`files/p10/p10000032/s50414267/<dicom_id>.dcm`); the study's image is read from MIMIC-CXR-JPG,
+so the path is given the `.jpg` suffix (`image_suffix=`) and lies under `--root` when that is
+the MIMIC-CXR-JPG folder holding `silver_dataset/` (or `silver=` names it). The images of the
+gold standard (`silver_dataset/splits/images_to_avoid.csv`, by `dicom_id`), which the
+publishers ask to keep out of training, are left out of every split and counted (`avoid=false`
+keeps them). A split row whose scene graph is missing is a counted skip. Views are normalised.
+
     radixpert data prepare imagenome --root chest-imagenome/1.0.0 --out imagenome.jsonl
 """
 
@@ -19,8 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from radixpert.data.readers import iter_csv
+from radixpert.data.readers import Skip, iter_csv
 from radixpert.data.study import Box, Image, Study
+from radixpert.data.views import normalise_view
 from radixpert.errors import ReaderError
 
 SPLITS = {"train": "train", "valid": "validate", "test": "test"}
@@ -48,17 +57,18 @@ class _SceneGraphs:
         else:
             raise ReaderError(f"{silver}: neither scene_graph.zip nor scene_graph/")
 
-    def get(self, dicom_id: str) -> tuple[dict[str, Any], str]:
+    def get(self, dicom_id: str) -> tuple[dict[str, Any], str] | None:
+        """The scene graph and where it was read; None when the release has none."""
         if self.zip is not None:
             name = self.members.get(dicom_id)
             if name is None:
-                raise ReaderError(f"{self.where}: no {dicom_id}_SceneGraph.json")
+                return None
             where = f"{self.where}:{name}"
             raw = self.zip.read(name)
         else:
             path = self.folder / f"{dicom_id}_SceneGraph.json"
             if not path.is_file():
-                raise ReaderError(f"{path}: no such file")
+                return None
             where, raw = str(path), path.read_bytes()
         try:
             return json.loads(raw), where
@@ -96,27 +106,63 @@ def _region_boxes(graph: dict[str, Any], where: str) -> tuple[list[Box], int, di
     return boxes, clipped, {k: sorted(set(v)) for k, v in findings.items()}
 
 
-def read(root: Path, *, splits: tuple[str, ...] = ("train", "valid", "test")) -> Iterator[Study]:
-    """Studies (one per image in the split files) with their anatomical-region boxes."""
-    silver = Path(root) / "silver_dataset"
-    graphs = _SceneGraphs(silver)
+def read(
+    root: Path,
+    *,
+    splits: tuple[str, ...] = ("train", "valid", "test"),
+    silver: str = "silver_dataset",
+    avoid: bool = True,
+    image_suffix: str = ".jpg",
+) -> Iterator[Study | Skip]:
+    """Studies (one per image in the split files) with their anatomical-region boxes.
+
+    Args:
+        splits: The split files to read (`train`, `valid`, `test`).
+        silver: The silver dataset's folder, relative to `root`.
+        avoid: Leave out the gold-standard images of `splits/images_to_avoid.csv`.
+        image_suffix: The suffix image paths get in place of `.dcm` (`.jpg`: MIMIC-CXR-JPG;
+            `.dcm` keeps MIMIC-CXR's DICOM).
+    """
+    folder = Path(root) / silver
+    graphs = _SceneGraphs(folder)
     cols = ("subject_id", "study_id", "dicom_id", "path", "ViewPosition")
+    avoided: set[str] = set()
+    avoid_file = folder / "splits" / "images_to_avoid.csv"
+    if avoid and avoid_file.is_file():
+        avoided = {r["dicom_id"].strip() for _, r in iter_csv(avoid_file, ("dicom_id",))}
     for split in splits:
-        path = silver / "splits" / f"{split}.csv"
+        path = folder / "splits" / f"{split}.csv"
         for line, row in iter_csv(path, cols):
-            graph, where = graphs.get(row["dicom_id"])
-            boxes, clipped, region_findings = _region_boxes(graph, where)
+            where = f"{path}:{line}"
+            dicom_id = row["dicom_id"].strip()
+            if dicom_id in avoided:
+                yield Skip("gold-standard image (images_to_avoid.csv)", where, dicom_id)
+                continue
+            found = graphs.get(dicom_id)
+            if found is None:
+                yield Skip("no scene graph", where, f"{dicom_id}_SceneGraph.json")
+                continue
+            graph, graph_where = found
+            boxes, clipped, region_findings = _region_boxes(graph, graph_where)
+            image = row["path"].strip().lstrip("/")
+            if image.endswith(".dcm"):
+                image = image[: -len(".dcm")] + image_suffix
+            view = normalise_view(row["ViewPosition"])
+            if view is None:
+                yield Skip("not a view", where, repr(row["ViewPosition"]), part="view")
+                view = ""
             yield Study(
-                id=f"imagenome-{row['dicom_id']}",
-                dataset="chest-imagenome",
+                id=f"imagenome-{dicom_id}",
+                dataset="imagenome",
                 split=SPLITS.get(split, split),
-                patient_id=row["subject_id"],
-                images=[Image(row["path"], row["ViewPosition"])],
+                patient_id=row["subject_id"].strip(),
+                images=[Image(image, view)],
                 indication=str(graph.get("reason_for_exam") or "").strip(),
                 boxes=boxes,
                 extra={
                     "study_id": row["study_id"],
+                    "dicom_id": dicom_id,
                     "clipped_boxes": clipped,
                     "region_findings": region_findings,
                 },
-            ).validate(f"{path}: line {line}")
+            ).validate(where)
