@@ -298,6 +298,7 @@ def prepare(
     dataset: str,
     root: str | Path,
     out: str | Path,
+    /,  # positional only: a reader may have an option named `dataset`
     progress: TextIO | None = None,
     transform: Callable[[Study], Study] | None = None,
     strict: bool = False,
