@@ -11,11 +11,16 @@ from pathlib import Path
 import pytest
 
 from radixpert.data import templates
-from radixpert.data.readers import chexpert, iu_xray, mimic_cxr
+from radixpert.data.readers import SkipLog, chexpert, iu_xray, mimic_cxr
 from radixpert.data.study import read_studies, write_studies
 from radixpert.errors import ReaderError
 from radixpert.vocab import OBSERVATIONS
 from tests.data import fixtures as fx
+
+
+def _studies(items):
+    """The Studies of a reader's stream (its Skips counted and dropped)."""
+    return list(SkipLog().studies(items))
 
 
 def norm(text: str) -> str:
@@ -195,7 +200,7 @@ def test_mimic_corrupt_gzip_and_non_adjacent_rows(mimic):
 
 def test_iu_r2gen_records(tmp_path):
     written = fx.build_iu_r2gen(tmp_path)
-    got = list(iu_xray.read(tmp_path))
+    got = _studies(iu_xray.read(tmp_path))
     assert [s.id for s in got] == [f"iu-{w.id}" for w in written]
     assert [s.split for s in got] == ["train", "train", "validate", "test"]
     assert got[2].extra["publisher_split"] == "val"
@@ -211,7 +216,7 @@ def test_iu_r2gen_records(tmp_path):
 
 def test_iu_r2gen_streams_many(tmp_path):
     written = fx.build_iu_r2gen(tmp_path, n_extra=300)
-    it = iu_xray.read(tmp_path)
+    it = SkipLog().studies(iu_xray.read(tmp_path))
     assert next(it).id == f"iu-{written[0].id}"
     assert len(list(it)) + 1 == len(written) == 304
 
@@ -232,24 +237,24 @@ def test_iu_r2gen_bad_records(tmp_path, edit, message):
     edit(data)
     path.write_text(json.dumps(data))
     with pytest.raises(ReaderError, match=r"annotation\.json: .*" + message):
-        list(iu_xray.read(tmp_path))
+        _studies(iu_xray.read(tmp_path))
 
 
 def test_iu_r2gen_missing_images_dir_and_bad_json(tmp_path):
     fx.build_iu_r2gen(tmp_path)
     (tmp_path / "images").rename(tmp_path / "imgs")
     with pytest.raises(ReaderError, match=r"images: image directory not found"):
-        list(iu_xray.read(tmp_path))
-    assert len(list(iu_xray.read(tmp_path, images_dir="imgs"))) == 4
+        _studies(iu_xray.read(tmp_path))
+    assert len(_studies(iu_xray.read(tmp_path, images_dir="imgs"))) == 4
     (tmp_path / "annotation.json").write_text('{"train": [')
     with pytest.raises(ReaderError, match=r"annotation\.json: not valid JSON \(line 1"):
-        list(iu_xray.read(tmp_path, images_dir="imgs"))
+        _studies(iu_xray.read(tmp_path, images_dir="imgs"))
 
 
 def test_iu_openi_records(tmp_path, caplog):
     written = fx.build_openi(tmp_path)
     with caplog.at_level(logging.INFO):
-        got = list(iu_xray.read(tmp_path, layout="openi"))
+        got = _studies(iu_xray.read(tmp_path, layout="openi"))
     assert "dropped 1 reports without images" in caplog.text
     # numeric order of the XML files (1, 10), report 2 has no image
     assert [s.id for s in got] == ["iu-CXR1", "iu-CXR10"]
@@ -262,7 +267,7 @@ def test_iu_openi_records(tmp_path, caplog):
         assert s.extra["mesh_major"] == w.mesh_major
     assert got[0].extra["mesh_automatic"] == ["Lung"]
     assert got[1].comparison == ""  # self-closing AbstractText
-    kept = list(iu_xray.read(tmp_path, layout="openi", keep_without_images=True))
+    kept = _studies(iu_xray.read(tmp_path, layout="openi", keep_without_images=True))
     assert [s.id for s in kept] == ["iu-CXR1", "iu-CXR2", "iu-CXR10"]
     assert kept[1].images == [] and kept[1].impression == "No acute disease."
 
@@ -273,22 +278,22 @@ def test_iu_openi_errors(tmp_path):
     text = bad.read_text()
     bad.write_text(text.replace("</Abstract>", ""))
     with pytest.raises(ReaderError, match=r"10\.xml: malformed XML at line 2, column"):
-        list(iu_xray.read(tmp_path, layout="openi"))
+        _studies(iu_xray.read(tmp_path, layout="openi"))
     bad.write_text(text.replace('Label="FINDINGS"', 'Label="RESULTS"'))
     with pytest.raises(ReaderError, match=r"10\.xml: AbstractText Label = 'RESULTS'"):
-        list(iu_xray.read(tmp_path, layout="openi"))
+        _studies(iu_xray.read(tmp_path, layout="openi"))
     # MeSH nested in MedlineCitation (a variant seen in third-party copies) is still found
     mesh = text[text.index("<MeSH>") : text.index("</MeSH>") + 7]
     bad.write_text(
         text.replace(mesh, "").replace("</MedlineCitation>", mesh + "</MedlineCitation>")
     )
-    assert list(iu_xray.read(tmp_path, layout="openi"))[-1].extra["mesh_major"] == [
+    assert _studies(iu_xray.read(tmp_path, layout="openi"))[-1].extra["mesh_major"] == [
         "Calcified Granuloma/lung/upper lobe/right"
     ]
     bad.write_text(text)
     (tmp_path / "ecgen-radiology").rename(tmp_path / "reports")
     with pytest.raises(ReaderError, match=r"ecgen-radiology: report directory not found"):
-        list(iu_xray.read(tmp_path, layout="openi"))
+        _studies(iu_xray.read(tmp_path, layout="openi"))
 
 
 # ------------------------------------------------------------------------------- CheXpert
@@ -395,7 +400,7 @@ def test_templates_cover_observations_and_are_deterministic():
 )
 def test_records_round_trip_through_jsonl(tmp_path, module, build):
     build(tmp_path / "d")
-    direct = list(module.read(tmp_path / "d"))
+    direct = _studies(module.read(tmp_path / "d"))
     out = tmp_path / "out.jsonl"
     assert write_studies(direct, out) == len(direct) > 0
     assert [s.to_dict() for s in read_studies(out)] == [s.to_dict() for s in direct]

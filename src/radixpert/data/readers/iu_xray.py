@@ -13,6 +13,21 @@
                                  MeSH/automatic; one parentImage id="CXR<n>_..." per image
     NLMCXR_png/<parentImage id>.png
 
+`layout="kaggle"` — the CSV copy most public loaders read (Kaggle raddar/chest-xrays-indiana-
+university; the reports file is the one in shared/data/iu_xray_reports):
+
+    indiana_reports.csv          uid, MeSH, Problems, image, indication, comparison, findings,
+                                 impression
+    indiana_projections.csv      uid, filename, projection (Frontal / Lateral)
+    images/images_normalized/<filename>        e.g. 1_IM-0001-4001.dcm.png
+
+Views: only the projections CSV says which image is frontal. R2Gen's `0.png` / `1.png` are not
+in a fixed order (in ReXrank's IU test set, which carries the views, `0.png` is lateral in 44 of
+544 studies), so R2Gen views stay unknown and are counted once per study; Open-I's XML has no
+view per image, but `projections=indiana_projections.csv` gives them (Open-I's
+`CXR1_1_IM-0001-4001` is Kaggle's `1_IM-0001-4001.dcm.png`). ReXrank's IU test set
+(`radixpert data prepare rexrank`) carries its own views.
+
 R2Gen's own split is kept, under the canonical names of `radixpert.data.splits` (its `val` is
 `validate`; the publisher's name stays in `extra["publisher_split"]`). Open-I has no split, so
 `split` is "" there (assigned later by the splitting step).
@@ -28,8 +43,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from radixpert.data.readers import Skip, iter_csv
 from radixpert.data.splits import normalise_split
 from radixpert.data.study import Image, Study
+from radixpert.data.views import normalise_view
 from radixpert.errors import ReaderError
 
 log = logging.getLogger(__name__)
@@ -50,15 +67,18 @@ def read(
     layout: str = "r2gen",
     images_dir: str | None = None,
     keep_without_images: bool = False,
-) -> Iterator[Study]:
+    projections: str = "",
+) -> Iterator[Study | Skip]:
     """Stream IU-Xray studies from the R2Gen annotation file or the Open-I XML reports.
 
     Args:
         root: the dataset directory (R2Gen: holding `annotation.json` and `images/`; Open-I:
             holding `ecgen-radiology/` and the PNG folder).
-        layout: `"r2gen"` or `"openi"`.
-        images_dir: the image folder under `root`; defaults to `images` (R2Gen) or
-            `NLMCXR_png` (Open-I).
+        layout: `"r2gen"`, `"openi"` or `"kaggle"`.
+        images_dir: the image folder under `root`; defaults to `images` (R2Gen),
+            `NLMCXR_png` (Open-I) or `images/images_normalized` (Kaggle).
+        projections: Open-I: the Kaggle `indiana_projections.csv` (under `root`) giving each
+            image's view; the Kaggle layout reads it always.
         keep_without_images: Open-I only — keep reports that list no `parentImage` (104 of
             the 3,955 do); by default they are dropped and counted in the log.
 
@@ -71,11 +91,105 @@ def read(
     root = Path(root)
     check_images = True  # the image folder; each file is checked by prepare (ImageCheck)
     if layout == "r2gen":
-        yield from _read_r2gen(root, images_dir or "images", check_images)
+        for study in _read_r2gen(root, images_dir or "images", check_images):
+            if study.images:
+                yield Skip("no view in the R2Gen layout", f"{root}/annotation.json record "
+                           f"{study.extra['r2gen_id']}", part="view")  # fmt: skip
+            yield study
     elif layout == "openi":
-        yield from _read_openi(root, images_dir or "NLMCXR_png", check_images, keep_without_images)
+        views = _projections(root / projections) if projections else None
+        for study in _read_openi(
+            root, images_dir or "NLMCXR_png", check_images, keep_without_images
+        ):
+            yield from _openi_views(study, views, root / projections if projections else None)
+            yield study
+    elif layout == "kaggle":
+        yield from _read_kaggle(root, images_dir or "images/images_normalized")
     else:
-        raise ValueError(f"layout = {layout!r}, expected 'r2gen' or 'openi'")
+        raise ValueError(f"layout = {layout!r}, expected 'r2gen', 'openi' or 'kaggle'")
+
+
+# ---------------------------------------------------------------------------------- views
+
+
+def _projections(path: Path) -> dict[str, tuple[str, str, int]]:
+    """Kaggle's indiana_projections.csv: filename -> (uid, raw projection, line)."""
+    return {
+        row["filename"].strip(): (row["uid"].strip(), row["projection"].strip(), line)
+        for line, row in iter_csv(path, ("uid", "filename", "projection"))
+    }
+
+
+def _kaggle_name(openi_id: str) -> str:
+    """Open-I's `CXR1_1_IM-0001-4001` as Kaggle's file name `1_IM-0001-4001.dcm.png`."""
+    m = re.fullmatch(r"CXR(\d+)_\d+_(IM-.+)", openi_id)
+    return f"{m.group(1)}_{m.group(2)}.dcm.png" if m else ""
+
+
+def _openi_views(
+    study: Study, views: dict[str, tuple[str, str, int]] | None, path: Path | None
+) -> Iterator[Skip]:
+    where = f"{study.extra.get('xml', study.id)}"
+    if views is None:
+        if study.images:
+            yield Skip("no view in the Open-I layout (give projections=)", where, part="view")
+        return
+    for image in study.images:
+        name = _kaggle_name(Path(image.path).stem)
+        found = views.get(name)
+        if found is None:
+            yield Skip("image not in the projections file", where, f"{image.path} ({path})",
+                       part="view")  # fmt: skip
+            continue
+        view = normalise_view(found[1])
+        if view is None:
+            yield Skip("not a view", f"{path}:{found[2]}", repr(found[1]), part="view")
+            continue
+        image.view = view
+
+
+# --------------------------------------------------------------------------------- Kaggle
+
+
+def _read_kaggle(root: Path, images_dir: str) -> Iterator[Study | Skip]:
+    reports = root / "indiana_reports.csv"
+    proj_path = root / "indiana_projections.csv"
+    images: dict[str, list[tuple[str, str, int]]] = {}
+    for name, (uid, raw, line) in _projections(proj_path).items():
+        images.setdefault(uid, []).append((name, raw, line))
+    sections = ("indication", "comparison", "findings", "impression")
+    for line, row in iter_csv(reports, ("uid", *sections)):
+        uid = row["uid"].strip()
+        where = f"{reports}:{line}"
+        listed = images.pop(uid, [])
+        if not listed:
+            yield Skip("report without images in the projections file", where, f"uid {uid}")
+            continue
+        study_images = []
+        for name, raw, pline in listed:
+            view = normalise_view(raw)
+            if view is None:
+                yield Skip("not a view", f"{proj_path}:{pline}", repr(raw), part="view")
+                view = ""
+            study_images.append(Image(f"{images_dir}/{name}", view))
+        text = {k: _placeholder(row[k]) for k in sections}
+        yield Study(
+            id=f"iu-CXR{uid}",
+            dataset=DATASET,
+            split="",
+            patient_id=f"CXR{uid}",
+            images=study_images,
+            **text,
+            extra={k: row[k].strip() for k in ("MeSH", "Problems", "image") if k in row},
+        ).validate(where)
+    for uid, listed in sorted(images.items()):
+        yield Skip("images without a report", f"{proj_path}:{listed[0][2]}", f"uid {uid}")
+
+
+def _placeholder(text: str) -> str:
+    """The CSV's empty cells and pandas' `nan`: ""."""
+    text = " ".join(text.split())
+    return "" if text.lower() in ("", "nan") else text
 
 
 def _image_dir(root: Path, name: str, check: bool) -> Path:
@@ -141,8 +255,6 @@ def _r2gen_study(
     for j, rel in enumerate(rec["image_path"]):
         if not isinstance(rel, str) or not rel:
             raise ReaderError(f"{where}: field 'image_path'[{j}] must be a non-empty string")
-        if False:  # prepare checks each image (ImageCheck)
-            raise ReaderError(f"{where}: field 'image_path'[{j}]: image {folder / rel} not found")
         # R2Gen stores no view; its loader uses image_path[0] and [1] as the two views.
         images.append(Image(path=f"{images_dir}/{rel}", view=""))
     return Study(
@@ -221,10 +333,6 @@ def _openi_study(path: Path, folder: Path, images_dir: str, check_images: bool) 
         if not image_id:
             raise ReaderError(f"{path}: parentImage[{j}] has no attribute 'id'")
         rel = f"{image_id}.png"
-        if False:  # prepare checks each image (ImageCheck)
-            raise ReaderError(
-                f"{path}: parentImage id={image_id!r}: image {folder / rel} not found"
-            )
         images.append(Image(path=f"{images_dir}/{rel}", view=""))
     # MeSH is a child of eCitation in the files seen; some copies nest it in MedlineCitation.
     mesh = doc.find(".//MeSH")
