@@ -71,8 +71,11 @@ def test_mimic_records(mimic):
 
 def test_mimic_views_filter_and_no_labels(mimic):
     root, _ = mimic
-    got = list(mimic_cxr.read(root, views={"AP"}, labels=None))
+    log = SkipLog()
+    # Any spelling of a view selects it (normalised as the metadata's ViewPosition is).
+    got = list(log.studies(mimic_cxr.read(root, views=("antero-posterior",), labels=None)))
     assert [s.id for s in got] == ["mimic-53189527", "mimic-57375967"]
+    assert log.counts == {("study", "no image of the chosen views"): 1}
     assert [[i.view for i in s.images] for s in got] == [["AP"], ["AP"]]
     assert all(s.labels == {} for s in got)
 
@@ -91,7 +94,7 @@ def test_mimic_separate_reports_root(tmp_path):
     root, reports = tmp_path / "jpg", tmp_path / "mimic-cxr"
     written = fx.build_mimic(root, reports_root=reports)
     with pytest.raises(ReaderError, match=r"jpg/files/p10/p10000032/s50414267\.txt: report"):
-        list(mimic_cxr.read(root))
+        list(mimic_cxr.read(root, missing_report="error"))
     got = list(mimic_cxr.read(root, reports_root=reports))
     assert norm(got[0].impression) == norm(written[0].impression)
 
@@ -107,7 +110,7 @@ def test_mimic_streams_many_studies(tmp_path, monkeypatch):
         return real(self, *a, **k)
 
     monkeypatch.setattr(Path, "read_text", counting)
-    it = mimic_cxr.read(root)
+    it = SkipLog().studies(mimic_cxr.read(root))
     next(it)
     # the first record comes after reading one report, not all 303
     assert len(reads) == 1
@@ -125,11 +128,13 @@ def test_mimic_missing_report(mimic, caplog):
     report = root / "files/p10/p10000032/s53189527.txt"
     report.unlink()
     with pytest.raises(ReaderError, match=r"s53189527\.txt.*not found"):
-        list(mimic_cxr.read(root))
+        list(mimic_cxr.read(root, missing_report="error"))
+    log = SkipLog()
     with caplog.at_level(logging.WARNING):
-        got = list(mimic_cxr.read(root, missing_report="skip"))
+        got = list(log.studies(mimic_cxr.read(root)))
     assert [s.id for s in got] == ["mimic-50414267", "mimic-57375967"]
-    assert "skipped 1 studies without a report" in caplog.text
+    assert log.counts == {("study", "no report file"): 1}
+    assert "files/p10/p10000032/s53189527.txt" in log.examples[("study", "no report file")][0]
 
 
 def test_mimic_missing_label_column(mimic):
@@ -404,3 +409,15 @@ def test_records_round_trip_through_jsonl(tmp_path, module, build):
     out = tmp_path / "out.jsonl"
     assert write_studies(direct, out) == len(direct) > 0
     assert [s.to_dict() for s in read_studies(out)] == [s.to_dict() for s in direct]
+
+
+def test_mimic_study_missing_from_the_split_file_is_counted(mimic):
+    root, _ = mimic
+    path = root / "mimic-cxr-2.0.0-split.csv.gz"
+    header, rows = fx.read_csv(path)
+    keep = [r for r in rows if r[header.index("study_id")] != "57375967"]
+    fx.write_csv(path, header, keep)
+    log = SkipLog()
+    got = list(log.studies(mimic_cxr.read(root)))
+    assert "mimic-57375967" not in {s.id for s in got} and len(got) == 2
+    assert log.counts == {("study", "study not in the split file"): 1}

@@ -220,6 +220,10 @@ def split_sections(text: str) -> dict[str, str]:
     - Repeated sections are merged in text order, joined with a space (the official parser keeps
       only the last one, which loses text such as a findings addendum).
     - Whitespace inside each section is collapsed to single spaces.
+    - A report without an indication but with a history gives its history as the indication
+      too (the "history" key keeps it): old MIMIC-CXR reports have `HISTORY:` where newer ones
+      have `INDICATION:`, and many write `INDICATION:  History: ___F with ...`, whose only text
+      follows the inline `History:` header. ReXrank's MIMIC test set calls both "Indication".
 
     Nothing is lost silently: every word of `text` is in some returned section (excluding
     "last_paragraph", a duplicate), except the words of the headers themselves.
@@ -253,6 +257,8 @@ def split_sections(text: str) -> dict[str, str]:
     # Fixed key order (main keys first), whatever order the report uses.
     sections = {key: " ".join(merged.get(key, [])) for key in _MAIN_SECTIONS}
     sections.update({k: " ".join(merged[k]) for k in _OPTIONAL_SECTIONS if k in merged})
+    if not sections["indication"] and sections.get("history"):
+        sections["indication"] = sections["history"]
 
     if not sections["findings"] and not sections["impression"]:
         # Official fallback: the last section minus its first paragraph.

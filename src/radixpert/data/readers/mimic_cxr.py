@@ -24,9 +24,10 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from radixpert.data.readers import iter_csv, parse_label
+from radixpert.data.readers import Skip, iter_csv, parse_label
 from radixpert.data.reports import split_sections
 from radixpert.data.study import Image, Study
+from radixpert.data.views import normalise_view
 from radixpert.errors import ReaderError
 from radixpert.vocab import OBSERVATIONS
 
@@ -134,20 +135,21 @@ def read(
     reports_root: Path | None = None,
     views: Collection[str] | None = None,
     labels: str | None = "chexpert",
-    missing_report: str = "error",
-) -> Iterator[Study]:
+    missing_report: str = "skip",
+) -> Iterator[Study | Skip]:
     """Stream the studies of MIMIC-CXR-JPG, with their report sections, split and labels.
 
     Args:
         root: the MIMIC-CXR-JPG directory (holding `files/` and the `mimic-cxr-2.0.0-*.csv.gz`).
         reports_root: the directory holding the report `files/pNN/p<subject>/s<study>.txt`;
             defaults to `root`.
-        views: keep only images whose ViewPosition is one of these (e.g. `{"PA", "AP"}`);
-            a study left without images is dropped (counted and logged). None keeps all.
+        views: keep only images whose view is one of these (e.g. `PA,AP`; spellings are
+            normalised by `radixpert.data.views`, so `antero-posterior` is AP); a study left
+            without images is skipped and counted. None keeps all.
         labels: `"chexpert"`, `"negbio"` (the labeller whose table fills `Study.labels`), or
             None for no labels. A study without a row in that table gets `{}`.
-        missing_report: `"error"` (default) raises on a study without its report file;
-            `"skip"` drops such studies and logs how many.
+        missing_report: `"skip"` (default): a study without its report file is skipped and
+            counted; `"error"` raises.
 
     Yields:
         One Study per study_id, id `mimic-<study_id>`, in the metadata file's order.
@@ -168,7 +170,7 @@ def read(
             f"{reports_root / 'files'}: report directory not found (MIMIC-CXR files/ with "
             "s<study_id>.txt; pass reports_root)"
         )
-    keep_views = None if views is None else frozenset(views)
+    keep_views = None if views is None else frozenset(normalise_view(v) or v for v in views)
     metadata = _csv_path(root, "metadata")
     split_path = _csv_path(root, "split")
     splits = _read_splits(split_path)
@@ -188,29 +190,33 @@ def read(
                     f"{metadata}: line {line}: column 'subject_id' = {row['subject_id']!r}, "
                     f"but study {study} belongs to subject {subject}"
                 )
-            view = row["ViewPosition"].strip()
+            raw = row["ViewPosition"]
+            view = normalise_view(raw)
+            if view is None:
+                yield Skip("not a view", f"{metadata}: line {line}", repr(raw), part="view")
+                view = ""
             if keep_views is not None and view not in keep_views:
                 continue
             rel = f"files/p{subject[:2]}/p{subject}/s{study}/{row['dicom_id']}.jpg"
-            if False:  # prepare checks the images (ImageCheck)
-                raise ReaderError(
-                    f"{metadata}: line {line}: column 'dicom_id' = {row['dicom_id']!r}: "
-                    f"image {root / rel} not found"
-                )
             images.append(Image(path=rel, view=view))
             dicom_ids.append(row["dicom_id"])
         if not images:
             n_no_view += 1
+            yield Skip(
+                "no image of the chosen views", where, f"views={','.join(sorted(views or ()))}"
+            )
             continue
         split = splits.get(int(study))
         if split is None:
-            raise ReaderError(f"{split_path}: column 'study_id': no row for study {study}")
+            yield Skip("study not in the split file", where, f"{split_path.name}: {study}")
+            continue
         report = _report_path(reports_root, subject, study)
         try:
             text = report.read_text(encoding="utf-8")
         except FileNotFoundError:
             if missing_report == "skip":
                 n_no_report += 1
+                yield Skip("no report file", where, str(report.relative_to(reports_root)))
                 continue
             raise ReaderError(
                 f"{report}: report of study {study} not found (metadata {where}, column "
