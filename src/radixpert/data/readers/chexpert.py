@@ -44,8 +44,9 @@ def _view(row: dict[str, str], where: str) -> str:
         )
     if ap not in AP_PA:
         raise ReaderError(f"{where}: column 'AP/PA' = {ap!r}, expected AP, PA, LL, RL or empty")
-    # Lateral rows leave AP/PA empty; MIMIC names that view LATERAL, so the views match.
-    return ap or ("LATERAL" if fl == "Lateral" else "")
+    # Lateral rows leave AP/PA empty; MIMIC names that view LATERAL, so the views match. A
+    # frontal row without AP/PA is a frontal image whose direction is not given.
+    return ap or ("LATERAL" if fl == "Lateral" else "FRONTAL")
 
 
 def _rel_path(value: str, split_dir: str, where: str) -> PurePosixPath:
@@ -60,7 +61,7 @@ def _rel_path(value: str, split_dir: str, where: str) -> PurePosixPath:
 
 
 def _read_file(
-    root: Path, name: str, check_images: bool, seed: int, seen: set[str]
+    root: Path, name: str, check_images: bool, seed: int, seen: set[str], prefix: PurePosixPath
 ) -> Iterator[Study]:
     path = root / name
     split_dir = path.stem  # train.csv -> train/, valid.csv -> valid/
@@ -81,9 +82,7 @@ def _read_file(
         images = []
         for line, row, rel_i in rows:
             w = f"{path}: line {line}"
-            if False:  # prepare checks each image (ImageCheck)
-                raise ReaderError(f"{w}: column 'Path': image {root / rel_i} not found")
-            images.append(Image(path=str(rel_i), view=_view(row, w)))
+            images.append(Image(path=str(prefix / rel_i), view=_view(row, w)))
         findings, impression = report_from_labels(labels, random.Random(f"{seed}:{sid}"))
         extra: dict[str, Any] = {"publisher_split": split_dir, "sex": first["Sex"]}
         age = first["Age"]
@@ -135,7 +134,7 @@ def read(
 
     Args:
         root: the CheXpert directory (`CheXpert-v1.0-small/` or `CheXpert-v1.0/`) holding the
-            CSVs and the `train/` and `valid/` image folders.
+            CSVs and the `train/` and `valid/` image folders, or the folder holding it.
         files: the label CSVs to read, in order; each file's stem is its split and image
             folder.
         seed: seed of the synthesised wording (combined with the study id).
@@ -148,10 +147,18 @@ def read(
         ReaderError: a missing or malformed file, column or value, naming the file and field.
     """
     root = Path(root)
+    prefix = PurePosixPath(".")
+    if files and not (root / files[0]).is_file():
+        # --root may be the folder holding CheXpert-v1.0-small/ (the paths in the CSVs start
+        # with that folder's name); image paths then stay relative to --root.
+        inner = sorted(p.parent for p in root.glob(f"CheXpert-v1.0*/{files[0]}"))
+        if len(inner) == 1:
+            prefix = PurePosixPath(inner[0].name)
+            root = inner[0]
     seen: set[str] = set()
     n = 0
     for name in files:
-        for study in _read_file(root, name, True, seed, seen):  # prepare checks each image
+        for study in _read_file(root, name, True, seed, seen, prefix):
             n += 1
             yield study
     log.info("%s: %d studies", root, n)
