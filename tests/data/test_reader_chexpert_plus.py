@@ -88,7 +88,9 @@ def test_rows_grouped_into_studies_with_labels(tmp_path):
     assert s1.id == "chexpert-plus-train-patient1-study1"
     assert [(i.path, i.view) for i in s1.images] == [
         ("PNG/train/patient1/study1/view1_frontal.png", "PA"),
-        ("PNG/train/patient1/study1/view2_lateral.png", "Lateral")]  # fmt: skip
+        ("PNG/train/patient1/study1/view2_lateral.png", "LATERAL")]  # fmt: skip
+    # The patient folder, as CheXpert's own CSVs name the patient (leakage across the two).
+    assert s1.patient_id == "patient1" and "deid_patient_id" in s1.extra
     assert (s1.findings, s1.impression, s1.indication) == ("Clear.", "Normal.", "Cough.")
     assert s1.labels["No Finding"] == 1 and s1.labels["Pneumothorax"] == 0
     assert s1.labels["Edema"] is None
@@ -107,3 +109,12 @@ def test_non_adjacent_rows_and_bad_labels(tmp_path):
     (tmp_path / "chexbert_labels" / "findings_fixed.json").write_text('{"Edema": 2.0}\n')
     with pytest.raises(ReaderError, match=r"findings_fixed\.json: line 1: 'Edema' = 2\.0"):
         list(chexpert_plus.read(tmp_path))
+
+
+def test_nan_cells_are_empty_text(tmp_path):
+    r = row("train/patient2/study1/view1_frontal.jpg", "Frontal", "nan", "nan", "Normal.")
+    r["section_clinical_history"] = "nan"
+    write(tmp_path, [r])
+    (s,) = chexpert_plus.read(tmp_path)
+    assert (s.findings, s.impression, s.indication) == ("", "Normal.", "")
+    assert s.images[0].view == "FRONTAL"

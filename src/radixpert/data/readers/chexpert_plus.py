@@ -6,7 +6,10 @@ images under `PNG/` (⚠ the CSV names them `.jpg`; `image_ext` chooses what the
 labels `chexbert_labels/findings_fixed.json` (JSON Lines: `path_to_image` + the 14 names,
 1.0 / 0.0 / -1.0 / null). Rows are grouped into studies by `<split>/<patient>/<study>` of
 `path_to_image`; the report sections come from the section columns, indication from the
-clinical-history (else history) column.
+clinical-history (else history) column; pandas' `nan` in a text cell is empty text. Views are
+normalised (`ap_pa` AP / PA, else `frontal_lateral`). The patient id is the `patient<N>` folder of
+`path_to_image`, the id CheXpert's own CSVs use, so that leakage is checked across the two
+(`deid_patient_id` is kept in `extra`).
 
     radixpert data prepare chexpert-plus --root chexpert_plus --out chexpert_plus.jsonl
 """
@@ -18,8 +21,9 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-from radixpert.data.readers import iter_csv
+from radixpert.data.readers import Skip, iter_csv
 from radixpert.data.study import Image, Study
+from radixpert.data.views import normalise_view
 from radixpert.errors import ReaderError
 from radixpert.vocab import OBSERVATIONS
 
@@ -65,14 +69,32 @@ def _study_key(path_to_image: str, where: str) -> str:
     return "/".join(parts[:3])
 
 
+def _cell(row: dict[str, str], column: str) -> str:
+    text = (row.get(column) or "").strip()
+    return "" if text.lower() in ("nan", "none") else text
+
+
+def _view(row: dict[str, str]) -> str | None:
+    ap_pa = normalise_view(row["ap_pa"])
+    if ap_pa:
+        return ap_pa
+    return normalise_view(row["frontal_lateral"])
+
+
 def read(
     root: Path,
     *,
     csv_file: str = "df_chexpert_plus_240401.csv",
     labels_file: str = "chexbert_labels/findings_fixed.json",
     image_ext: str = ".png",
-) -> Iterator[Study]:
-    """Studies grouped from the per-image rows (rows of one study are adjacent in the CSV)."""
+) -> Iterator[Study | Skip]:
+    """Studies grouped from the per-image rows (rows of one study are adjacent in the CSV).
+
+    Args:
+        csv_file: The report CSV under `root`.
+        labels_file: The CheXbert labels (JSON Lines) under `root`; absent: no labels.
+        image_ext: The suffix image paths get (`.png`: the PNG release under `PNG/`).
+    """
     root = Path(root)
     path = root / csv_file
     labels = _labels(root / labels_file)
@@ -83,7 +105,11 @@ def read(
         where = f"{path}: line {line}"
         k = _study_key(row["path_to_image"], where)
         image_path = "PNG/" + str(Path(row["path_to_image"]).with_suffix(image_ext))
-        view = row["ap_pa"].strip() or row["frontal_lateral"].strip()
+        view = _view(row)
+        if view is None:
+            yield Skip("not a view", where, f"{row['ap_pa']!r} / {row['frontal_lateral']!r}",
+                       part="view")  # fmt: skip
+            view = ""
         if current is not None and k == key:
             current.images.append(Image(image_path, view))
             continue
@@ -100,15 +126,14 @@ def read(
             id=f"chexpert-plus-{k.replace('/', '-')}",
             dataset="chexpert-plus",
             split={"valid": "validate"}.get(row["split"], row["split"]),
-            patient_id=row["deid_patient_id"],
+            patient_id=k.split("/")[1],
             images=[Image(image_path, view)],
-            indication=(row.get("section_clinical_history") or row.get("section_history")
-                        or "").strip(),
-            comparison=(row.get("section_comparison") or "").strip(),
-            findings=row["section_findings"].strip(),
-            impression=row["section_impression"].strip(),
+            indication=(_cell(row, "section_clinical_history") or _cell(row, "section_history")),
+            comparison=_cell(row, "section_comparison"),
+            findings=_cell(row, "section_findings"),
+            impression=_cell(row, "section_impression"),
             labels=lab,
-            extra={"report": row["report"]},
+            extra={"report": row["report"], "deid_patient_id": row["deid_patient_id"]},
         )  # fmt: skip
     if current is not None:
         yield current.validate()
