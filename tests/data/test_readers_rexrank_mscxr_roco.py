@@ -13,7 +13,7 @@ import json
 import pytest
 
 from radixpert.cli import main
-from radixpert.data.readers import ms_cxr, rexrank, roco
+from radixpert.data.readers import SkipLog, ms_cxr, rexrank, roco
 from radixpert.data.study import read_studies
 from radixpert.errors import ReaderError
 
@@ -92,12 +92,18 @@ def test_roco_v2(tmp_path):
     (tmp_path / "train_captions.csv").write_text(
         'ID,Caption\nROCOv2_2023_train_000001,"Axial CT of the chest, showing a mass."\n'
         "ROCOv2_2023_train_000002,MRI of the brain.\nROCOv2_2023_train_000003,An image.\n"
+        "ROCOv2_2023_train_000004,\n"
     )
     (tmp_path / "train_concepts_manual.csv").write_text(
         "ID,CUIs\nROCOv2_2023_train_000001,C0040405;C0817096\nROCOv2_2023_train_000002,"
-        "C0024485\nROCOv2_2023_train_000003,\n"
+        "C0024485;C9999999\nROCOv2_2023_train_000003,\n"
     )
-    studies = list(roco.read(tmp_path))
+    log = SkipLog()
+    studies = list(log.studies(roco.read(tmp_path)))
+    assert log.counts == {
+        ("study", "empty caption"): 1,
+        ("label", "concept not in cui_mapping.csv"): 1,
+    }
     assert [s.modality for s in studies] == ["CT", "MR", ""]
     assert studies[0].findings == "Axial CT of the chest, showing a mass."
     assert studies[0].images[0].path == "train/ROCOv2_2023_train_000001.jpg"

@@ -6,7 +6,8 @@ Layout (shared/reference/datasets.md §6): `{train,valid,test}/<ID>.jpg`,
 The caption becomes the study's findings; the modality comes from the manual concepts' canonical
 names in the shipped `cui_mapping.csv` (computed tomography -> CT, magnetic resonance -> MR,
 ultrasonography -> US, plain x-ray / radiography -> XR, angiography -> XA, positron emission
--> PT), "" when none names a modality.
+-> PT), "" when none names a modality. A row with an empty caption is skipped, and a concept
+missing from `cui_mapping.csv` is counted (its name stays empty), never dropped silently.
 
     radixpert data prepare roco-v2 --root ROCOv2 --out roco.jsonl
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from radixpert.data.readers import iter_csv
+from radixpert.data.readers import Skip, iter_csv
 from radixpert.data.study import Image, Study
 from radixpert.errors import ReaderError
 
@@ -46,8 +47,14 @@ def _concepts(path: Path) -> dict[str, list[str]]:
     }
 
 
-def read(root: Path, *, splits: tuple[str, ...] = ("train", "valid", "test")) -> Iterator[Study]:
-    """Studies (one per image) of the chosen splits."""
+def read(
+    root: Path, *, splits: tuple[str, ...] = ("train", "valid", "test")
+) -> Iterator[Study | Skip]:
+    """Studies (one per image) of the chosen splits.
+
+    Args:
+        splits: The splits whose `{split}_captions.csv` to read (`train`, `valid`, `test`).
+    """
     root = Path(root)
     mapping_file = root / "cui_mapping.csv"
     names = ({r["CUI"]: r["Canonical name"] for _, r in iter_csv(mapping_file,
@@ -64,8 +71,15 @@ def read(root: Path, *, splits: tuple[str, ...] = ("train", "valid", "test")) ->
             sid = row["ID"].strip()
             if not sid:
                 raise ReaderError(f"{captions}: line {line}: empty ID")
+            where = f"{captions}: line {line}"
+            if not row["Caption"].strip():
+                yield Skip("empty caption", where, sid)
+                continue
             cuis = manual.get(sid) or auto.get(sid, [])
             concept_names = [names.get(c, "") for c in cuis]
+            for c in cuis:
+                if names and c not in names:
+                    yield Skip("concept not in cui_mapping.csv", where, c, part="label")
             yield Study(
                 id=sid,
                 dataset="roco-v2",
