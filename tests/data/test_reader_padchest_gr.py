@@ -1,61 +1,145 @@
-"""PadChest-GR: grounded sentences with boxes (layout as read by RadVLM's loader; see the
-reader's docstring), in 0–1 or pixel units."""
+"""PadChest-GR: the BIMCV release layout (tests/data/fixtures/padchest-gr/, sources in its
+README.md): grounded_reports_*.json, master_table.csv.zip, Padchest_GR_files/PadChest_GR/."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image as PILImage
 
-from radixpert.data.readers import padchest_gr
+from radixpert.data.prepare import prepare
+from radixpert.data.readers import SkipLog, padchest_gr
 from radixpert.errors import ReaderError
 
-ENTRY = {
-    "ImageID": "2168_02-094.png",
-    "findings": [
-        {"sentence_en": "Cardiomegaly.", "sentence_es": "Cardiomegalia.",
-         "boxes": [[0.3, 0.4, 0.7, 0.8]], "labels": ["cardiomegaly"]},
-        {"sentence_en": "Right pleural effusion.", "sentence_es": "Derrame pleural derecho.",
-         "boxes": [[0.05, 0.6, 0.3, 0.9], [0.1, 0.5, 0.2, 0.6]], "labels": ["pleural effusion"]},
-        {"sentence_en": "No pneumothorax.", "sentence_es": "Sin neumotorax.", "boxes": []},
-    ],
-}  # fmt: skip
+FIXTURE = Path(__file__).parent / "fixtures" / "padchest-gr"
+A = "47352104961734019623815738251048293617"
+B = "118274015339164029918340751624980431572"
+C = "30591826470113852062741958304721183465"
+A_IMAGE = "216840111366964013686042548532013234155808361_02-086-107.png"
 
 
-def make(root, entries):
-    (root / "grounded_reports_20240819.json").write_text(json.dumps(entries))
-    (root / "master_table.csv").write_text(
-        "ImageID,PatientID,Projection,split\n2168_02-094.png,p1,PA,validation\npx.png,p2,AP,train\n"
-    )
+def release(tmp_path: Path, master: str = "zip") -> Path:
+    """The fixture under ``tmp_path``, with the master table zipped (as shipped), unzipped, or
+    unzipped into a folder of the same name (as an unzip on Windows leaves it)."""
+    root = tmp_path / "BIMCV-Padchest-GR"
+    root.mkdir(parents=True)
+    shutil.copy(FIXTURE / "grounded_reports_20240819.json", root)
+    if master == "zip":
+        shutil.copy(FIXTURE / "master_table.csv.zip", root)
+    else:
+        with zipfile.ZipFile(FIXTURE / "master_table.csv.zip") as z:
+            text = z.read("master_table.csv")
+        target = root / "master_table.csv"
+        if master == "folder":
+            target.mkdir()
+            target = target / "master_table.csv"
+        target.write_bytes(text)
     return root
 
 
-def test_grounded_sentences(tmp_path):
-    (s,) = padchest_gr.read(make(tmp_path, [ENTRY]))
-    assert (s.id, s.split, s.patient_id, s.images[0].view) == (
-        "padchest-gr-2168_02-094", "validate", "p1", "PA")  # fmt: skip
-    assert s.findings == "Cardiomegaly. Right pleural effusion. No pneumothorax."
-    assert [(b.label, b.phrase) for b in s.boxes] == [
-        ("cardiomegaly", "Cardiomegaly."),
-        ("pleural effusion", "Right pleural effusion."),
-        ("pleural effusion", "Right pleural effusion.")]  # fmt: skip
-    assert s.extra["sentences_es"][1] == "Derrame pleural derecho."
+def read_all(root: Path, **options):
+    log = SkipLog()
+    return {s.id: s for s in log.studies(padchest_gr.read(root, **options))}, log
 
 
-def test_pixel_boxes_use_the_image_size(tmp_path):
-    (tmp_path / "images_grounding").mkdir()
-    PILImage.new("L", (200, 100)).save(tmp_path / "images_grounding" / "px.png")
-    entry = {
-        "ImageID": "px.png",
-        "findings": [{"sentence_en": "Nodule.", "boxes": [[20, 10, 60, 50]]}],
+@pytest.mark.parametrize("master", ["zip", "plain", "folder"])
+def test_release_reads_to_studies(tmp_path, master):
+    studies, log = read_all(release(tmp_path, master))
+    assert list(studies) == [f"padchest-gr-{s}" for s in (A, B, C)]
+    a = studies[f"padchest-gr-{A}"]
+    assert (a.dataset, a.split, a.patient_id, a.language) == (
+        "padchest-gr", "validate", "61239384913846502293648105426148297150", "en")  # fmt: skip
+    assert [(i.path, i.view) for i in a.images] == [
+        (f"Padchest_GR_files/PadChest_GR/{A_IMAGE}", "FRONTAL")
+    ]
+    assert a.findings == "Cardiomegaly. Right pleural effusion. No pneumothorax is observed."
+    assert [(b.label, b.phrase, b.x1) for b in a.boxes] == [
+        ("cardiomegaly", "Cardiomegaly.", 0.312),
+        ("pleural effusion", "Right pleural effusion.", 0.07),
+        ("pleural effusion", "Right pleural effusion.", 0.11)]  # fmt: skip
+    assert a.extra["box_set"] == ["boxes"] * 3
+    assert [(e["sentence"], e["x1"]) for e in a.extra["extra_boxes"]] == [(0, 0.298)]
+    assert a.extra["padchest_labels"] == ["cardiomegaly", "pleural effusion"]
+    assert a.extra["label_groups"] == ["cardiomegaly", "pleural effusion"]
+    third = a.extra["sentences"][2]
+    assert (third["abnormal"], third["labels"], third["boxes"], third["es"]) == (
+        False, [], 0, "No se observa neumotórax.")  # fmt: skip
+    assert a.extra["sentences"][1]["progression"] == "Stable"
+    assert (a.extra["patient_sex"], a.extra["patient_age"]) == ("M", "81")
+    b = studies[f"padchest-gr-{B}"]
+    assert b.split == "train" and b.extra["previous_study_id"] is not None
+    # The border box is clamped into the image; the one reaching x2 = 1.4 is left out.
+    assert [(x.label, x.y1, x.y2) for x in b.boxes if x.label == "kyphosis"] == [
+        ("kyphosis", 0.0, 1.0)
+    ]
+    c = studies[f"padchest-gr-{C}"]
+    assert (c.split, c.boxes, c.extra["label_groups"]) == ("test", [], [])
+    assert log.to_dict()["skipped"] == {
+        "box": {"box outside the image (0-1 coordinates)": 1},
+        "study": {"study not in master_table": 1},
     }
-    (s,) = padchest_gr.read(make(tmp_path, [entry]))
-    b = s.boxes[0]
-    assert (b.x1, b.y1, b.x2, b.y2, b.label) == (0.1, 0.1, 0.3, 0.5, "finding")
-    assert s.extra["box_units"] == "pixels"
 
 
-def test_unknown_image_id(tmp_path):
-    with pytest.raises(ReaderError, match=r"entry 0: ImageID 'zz.png' is not in"):
-        list(padchest_gr.read(make(tmp_path, [{"ImageID": "zz.png", "findings": []}])))
+def test_second_box_set_and_spanish(tmp_path):
+    studies, _ = read_all(release(tmp_path), extra_boxes=True, language="es")
+    a = studies[f"padchest-gr-{A}"]
+    assert a.language == "es"
+    assert a.findings == "Cardiomegalia. Derrame pleural derecho. No se observa neumotórax."
+    assert a.extra["box_set"] == ["boxes", "extra_boxes", "boxes", "boxes"]
+    assert [b.phrase for b in a.boxes][:2] == ["Cardiomegalia.", "Cardiomegalia."]
+
+
+def test_image_folder_is_found(tmp_path):
+    root = release(tmp_path)
+    (root / "images_grounding").mkdir()  # RadVLM's layout
+    PILImage.new("L", (8, 8)).save(root / "images_grounding" / A_IMAGE)
+    studies, _ = read_all(root)
+    assert studies[f"padchest-gr-{A}"].images[0].path == f"images_grounding/{A_IMAGE}"
+    studies, _ = read_all(root, images="elsewhere/")
+    assert studies[f"padchest-gr-{A}"].images[0].path == f"elsewhere/{A_IMAGE}"
+
+
+def test_disagreeing_records_are_counted(tmp_path):
+    root = release(tmp_path)
+    path = root / "grounded_reports_20240819.json"
+    records = json.loads(path.read_text())
+    records[1]["ImageID"] = "another.png"
+    records.append(records[0])
+    records.append({"findings": []})
+    records[0]["findings"].append("not an object")
+    path.write_text(json.dumps(records))
+    studies, log = read_all(root)
+    assert list(studies) == [f"padchest-gr-{A}", f"padchest-gr-{C}"]
+    assert log.to_dict()["skipped"]["study"] == {
+        "ImageID differs from master_table": 1,
+        "record without StudyID or ImageID": 1,
+        "study listed twice": 1,
+        "study not in master_table": 1,
+    }
+    assert log.to_dict()["skipped"]["field"] == {"finding is not an object": 1}
+
+
+def test_missing_files_are_named(tmp_path):
+    root = release(tmp_path)
+    (root / "master_table.csv.zip").unlink()
+    with pytest.raises(ReaderError, match=r"no master_table.csv or master_table.csv.zip"):
+        list(padchest_gr.read(root))
+    with pytest.raises(ReaderError, match=r"no grounded_reports_\*.json"):
+        list(padchest_gr.read(tmp_path))
+    with pytest.raises(ReaderError, match=r"language='fr'"):
+        list(padchest_gr.read(release(tmp_path / "x"), language="fr"))
+
+
+def test_prepare_writes_the_grounded_studies(tmp_path):
+    out = tmp_path / "gr.jsonl"
+    n = prepare("padchest-gr", release(tmp_path), out, check_images=False, extra_boxes=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"padchest-gr-{s}" for s in (A, B, C)]
+    assert len(rows[0]["boxes"]) == 4
+    skips = json.loads(out.with_name("gr.skips.json").read_text())
+    assert skips["skipped"]["study"] == {"study not in master_table": 1}
+    assert n == 3

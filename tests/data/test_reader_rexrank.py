@@ -26,7 +26,7 @@ def _read(root=FIXTURE, **options):
 def test_iu_xray_records_with_view_lists_of_another_length_are_kept():
     studies, log = _read()
     s = studies["CXR3030_IM-1405"]
-    assert (s.dataset, s.split, s.patient_id) == ("rexrank-iu-xray", "test", "")
+    assert (s.dataset, s.split, s.patient_id) == ("rexrank-iu-xray", "test", "CXR3030")
     assert s.images == [
         Image("iu_xray/images/CXR3030_IM-1405/0.png", "FRONTAL"),
         Image("iu_xray/images/CXR3030_IM-1405/1.png", "LATERAL"),
@@ -123,3 +123,14 @@ def test_prepare_prints_and_writes_the_counts(tmp_path, capsys):
         "not a view": 3,
         "view list length differs from image list": 3,
     }
+
+
+def test_iu_xray_patients_match_the_iu_xray_reader():
+    """ReXrank's IU studies are R2Gen's (CXR<n>_IM-...): their patient is the iu-xray reader's
+    CXR<n>, so `data check` finds a ReXrank IU test patient in an IU-Xray training split."""
+    from radixpert.data.splits import patient_key
+    from radixpert.data.study import Study
+
+    studies, _ = _read()
+    iu = Study(id="iu-CXR3030_IM-1405", dataset="iu-xray", split="train", patient_id="CXR3030")
+    assert patient_key(studies["CXR3030_IM-1405"]) == patient_key(iu) == ("iu-xray", "CXR3030")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 BUILDERS: dict[str, Callable[[Path], None]] = {}
-_MODULES = ("tests.hub.vlm", "tests.hub.parts")
+_MODULES = ("tests.hub.vlm", "tests.hub.parts", "tests.hub.translation")
 
 
 def builder(repo_id: str) -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:

@@ -369,7 +369,24 @@ def check_t5(repo_id, phantom):
     assert torch.isfinite(out.loss)
 
 
+def check_marian(repo_id, phantom):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(repo_id)
+    model = AutoModelForSeq2SeqLM.from_pretrained(repo_id)
+    assert type(model).__name__ == "MarianMTModel" and type(tok).__name__ == "MarianTokenizer"
+    assert tok.convert_tokens_to_ids(["</s>", "<unk>"]) == [0, 1]
+    assert tok.pad_token_id == len(tok) - 1 == model.config.decoder_start_token_id
+    inputs = tok(["cardiomegalia . derrame pleural derecho ."], return_tensors="pt")
+    assert inputs["input_ids"][0, -1].item() == 0  # </s> closes the source
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, num_beams=1)
+    assert out[0, 0].item() == model.config.decoder_start_token_id
+    assert isinstance(tok.decode(out[0], skip_special_tokens=True), str)
+
+
 CHECKS = {
+    "Helsinki-NLP/opus-mt-es-en": check_marian,
     "meta-llama/Llama-3.2-11B-Vision-Instruct": check_mllama,
     "llava-hf/llava-1.5-7b-hf": check_llava,
     "llava-hf/llava-onevision-qwen2-7b-ov-hf": check_onevision,

@@ -34,20 +34,34 @@ _OPTIONAL_SECTIONS = ("technique", "history", "examination", "preamble", "other"
 _WHICH = ("findings", "impression", "findings+impression")
 
 # Header name (lower case, single spaces) -> section key. Built from the official
-# `normalize_section_names` table (the frequent MIMIC-CXR headers and their typos) plus the headers
-# of IU-Xray (Open-I labels), CheXpert Plus and ReXrank. "preamble" marks a report title line
-# (`FINAL REPORT`), which holds no text of its own.
+# `normalize_section_names` table (the frequent MIMIC-CXR headers and their typos), the MIMIC-CXR
+# header spellings a third-party parser collected from the whole release (PabloMessina/MedVQA
+# `medvqa/datasets/mimiccxr/preprocessing.py`: `REASON FOR THE EXAM`, `INDCATION`, `FINDNINGS`,
+# `RESIDENT WET READ`, ...) plus the headers of IU-Xray (Open-I labels), CheXpert Plus and ReXrank.
+# "preamble" marks a report title line (`FINAL REPORT`), which holds no text of its own.
 _HEADER_ALIASES: dict[str, str] = {
     "indication": "indication",
     "indications": "indication",
     "clinical indication": "indication",
+    "clinic indication": "indication",
+    "clincal indication": "indication",
     "reason for exam": "indication",
+    "reason for the exam": "indication",
+    "reason fore exam": "indication",
     "reason for examination": "indication",
+    "reason for the examination": "indication",
     "reason for study": "indication",
+    "reason for indication": "indication",
+    "questions to be answered": "indication",
     "idication": "indication",
+    "indcation": "indication",
+    # The official table sends "ndication" (one report) to impression; the name is indication's.
+    "ndication": "indication",
     "history": "history",
     "clinical history": "history",
     "clinical information": "history",
+    "clinical information & questions to be answered": "history",
+    "additional clinical history provided": "history",
     "patient history": "history",
     "comparison": "comparison",
     "comparisons": "comparison",
@@ -55,15 +69,25 @@ _HEADER_ALIASES: dict[str, str] = {
     "comparison film": "comparison",
     "reference exam": "comparison",
     "comparision": "comparison",
+    "comparisions": "comparison",
     "comparsion": "comparison",
+    "comparrison": "comparison",
     "findings": "findings",
     "finding": "findings",
     "reference findings": "findings",
     "findngs": "findings",
     "finidngs": "findings",
+    "findnings": "findings",
+    "findins": "findings",
+    "findindgs": "findings",
+    "findgings": "findings",
+    "fingdings": "findings",
+    "finsings": "findings",
+    "findigns": "findings",
     # The official table maps the combined header to impression, and so does this module.
     "findings and impression": "impression",
     "findings/impression": "impression",
+    "findings/ impression": "impression",
     "impression": "impression",
     "impressions": "impression",
     "impression/recommendations": "impression",
@@ -72,16 +96,28 @@ _HEADER_ALIASES: dict[str, str] = {
     "conclusions": "impression",
     "impresson": "impression",
     "impession": "impression",
+    "imprression": "impression",
+    "imoression": "impression",
+    "impressoin": "impression",
+    "imprssion": "impression",
+    "impresion": "impression",
+    "imperssion": "impression",
+    "mpression": "impression",
     "technique": "technique",
     "examination": "examination",
     "exam": "examination",
     "type of examination": "examination",
+    "type of the examination": "examination",
     "addendum": "other",
     "notification": "other",
     "recommendation": "other",
     "recommendations": "other",
     "recommendation(s)": "other",
     "wet read": "other",
+    "wetread": "other",
+    "resident wet read": "other",
+    "preliminary resident wet read": "other",
+    "preliminary report": "other",
     "comment": "other",
     "comments": "other",
     "note": "other",
@@ -91,13 +127,25 @@ _HEADER_ALIASES: dict[str, str] = {
     "final report": "preamble",
     "final addendum": "preamble",
 }
+# Headers that are only headers when written in capitals at the start of a line (the official
+# rule's form, `_CAPS_HEADER`): as words they are common in prose ("date:", "report:"). The
+# official parser makes each its own section; "report" and "opinion" hold the radiologist's
+# reading (MedVQA reads them as report text), "pfi" is in the official table as history.
+_CAPS_ONLY: dict[str, str] = {
+    "date": "other",
+    "report": "findings",
+    "opinion": "impression",
+    "pfi": "history",
+}
 # Sections whose header may also be found mid-line after a space or glued to a word
 # ("... effusion Impression: ...", "effusion.Impression:"): the ones model outputs actually use.
 _INLINE_KEYS = frozenset(_MAIN_SECTIONS) | {"technique", "history", "examination"}
 
 # Official fallback for unlisted all-capitals headers: a main section name inside the header
-# wins, then a view description (`CHEST, PA AND LATERAL:`) means findings. "indication" is this
-# module's addition; the official parser keeps "addendum" as its own name, here it is "other".
+# wins, then a view description (`CHEST, PA AND LATERAL:`) means findings. "indication", "wet
+# read", "reason for" and "prior" are this module's additions (`RESIDENT WET READ`, `REASON FOR
+# THE EXAM`, `PRIOR STUDIES`); the official parser keeps "addendum" as its own name, here it is
+# "other".
 _CONTAINS_ORDER = (
     ("impression", "impression"),
     ("findings", "findings"),
@@ -105,11 +153,17 @@ _CONTAINS_ORDER = (
     ("comparison", "comparison"),
     ("indication", "indication"),
     ("addendum", "other"),
+    ("wet read", "other"),
+    ("reason for", "indication"),
+    ("prior", "comparison"),
 )
+# The official substrings, then whole words of view descriptions that the official list misses
+# (`AP UPRIGHT:`, `SINGLE VIEW:`, `SUPINE RADIOGRAPH:`; MedVQA lists them as report text).
 _FINDINGS_TITLES = re.compile(
     r"chest|portable|pa and lat|lateral and pa|ap and lateral|lateral and ap|frontal and|"
     r"two views|frontal view|pa view|ap view|one view|lateral view|bone window|frontal upright|"
-    r"frontal semi-upright|ribs"
+    r"frontal semi-upright|ribs|"
+    r"\b(?:ap|pa|single view|radiographs?|upright|supine|erect|semi-?erect|semi-?upright)\b"
 )
 
 # ASCII: case-insensitive matching must not let "ſ" or "K" (Kelvin) stand for s or k.
@@ -126,6 +180,9 @@ _CAPS_HEADER = re.compile(
     r"^[ \t]*(?P<name>[A-Z][A-Z ()/,&-]*[A-Z)])[ \t]*:(?=\s|$)", re.ASCII | re.MULTILINE
 )
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r]*\n")
+# MIMIC-CXR's line of underscores between an addendum (or wet read) and the report it amends; a
+# de-identified value is exactly three underscores, so ten or more alone on a line are a rule.
+_SEPARATOR = re.compile(r"^[ \t]*_{10,}[ \t]*$", re.MULTILINE)
 
 
 def _normalise_space(text: str) -> str:
@@ -137,6 +194,8 @@ def _header_key(name: str) -> str | None:
     name = " ".join(name.lower().split())
     if name in _HEADER_ALIASES:
         return _HEADER_ALIASES[name]
+    if name in _CAPS_ONLY:
+        return _CAPS_ONLY[name]
     for part, key in _CONTAINS_ORDER:
         if part in name:
             return key
@@ -145,7 +204,8 @@ def _header_key(name: str) -> str | None:
 
 def _find_headers(text: str) -> list[tuple[int, int, str]]:
     """Header spans `(start, end, key)` in text order, without overlaps."""
-    candidates: list[tuple[int, int, str]] = []
+    # (start, end, key, mid_line): mid_line marks a header found after other text on its line.
+    candidates: list[tuple[int, int, str, bool]] = []
     for m in _COLON_HEADER.finditer(text):
         start, name = m.start("name"), m.group("name")
         key = _HEADER_ALIASES[" ".join(name.lower().split())]
@@ -168,20 +228,31 @@ def _find_headers(text: str) -> list[tuple[int, int, str]]:
             ok = glued_ok and name[0].isupper() and key in _INLINE_KEYS
         if ok:
             colon = text.index(":", m.start("name") + len(name))
-            candidates.append((start, colon + 1, key))
+            mid_line = not line_start and not name.isupper()
+            candidates.append((start, colon + 1, key, mid_line))
     for m in _BARE_HEADER.finditer(text):
         key = _HEADER_ALIASES[" ".join(m.group("name").lower().split())]
-        candidates.append((m.start("name"), m.end("name"), key))
+        candidates.append((m.start("name"), m.end("name"), key, False))
     for m in _CAPS_HEADER.finditer(text):
         key = _header_key(m.group("name"))
         if key is not None:
-            candidates.append((m.start("name"), m.end(), key))
+            candidates.append((m.start("name"), m.end(), key, False))
     # Earliest first, longest first at one start; a candidate inside an accepted one is dropped.
     candidates.sort(key=lambda c: (c[0], -c[1]))
     headers: list[tuple[int, int, str]] = []
-    for cand in candidates:
-        if not headers or cand[0] >= headers[-1][1]:
-            headers.append(cand)
+    for start, end, key, mid_line in candidates:
+        if headers and start < headers[-1][1]:
+            continue
+        if key == "history" and headers and headers[-1][2] == "indication":
+            # MIMIC-CXR's `INDICATION:  History: ___F with ...`: a History: right after the
+            # indication header is part of that header, and a mixed-case History: later on the
+            # indication's line is its prose (the official parser sees neither as a header).
+            if not text[headers[-1][1] : start].strip():
+                headers[-1] = (headers[-1][0], end, "indication")
+                continue
+            if mid_line:
+                continue
+        headers.append((start, end, key))
     return headers
 
 
@@ -199,13 +270,17 @@ def split_sections(text: str) -> dict[str, str]:
       glued to a lower-case word (`Findings: ... normal Impression: ...`, `normalImpression:`);
     - the official MIMIC-CXR rule for other all-capitals line-start headers
       (`CHEST, PA AND LATERAL:`), named as the official parser names them: a main section name
-      inside the header wins, a view description means findings; unknown ones are not headers.
+      inside the header wins, a view description means findings (`AP UPRIGHT:` and
+      `SINGLE VIEW:` too, which the official list misses), `DATE:` is other, `REPORT:` findings,
+      `OPINION:` impression.
 
-    Header names are normalised with the official table (`REASON FOR EXAM` -> indication,
-    `CLINICAL HISTORY` -> history, `CONCLUSION`, `IMPRESSION/RECOMMENDATIONS` and
-    `FINDINGS AND IMPRESSION` -> impression); addenda, notifications, recommendations and wet
-    reads go to "other". `FINAL REPORT` / `FINAL ADDENDUM` title lines are dropped and the text
-    after them, up to the next header, is preamble.
+    Header names are normalised with the official table and the MIMIC-CXR typos
+    (`REASON FOR EXAM`, `REASON FOR THE EXAM`, `INDCATION` -> indication; `CLINICAL HISTORY`,
+    `CLINICAL INFORMATION`, `PFI` -> history; `CONCLUSION`, `IMPRESSION/RECOMMENDATIONS`,
+    `FINDINGS AND IMPRESSION`, `IMPRESSOIN` -> impression); addenda, notifications,
+    recommendations and wet reads go to "other". `FINAL REPORT` / `FINAL ADDENDUM` title lines
+    are dropped and the text after them, up to the next header, is preamble; a line of ten or
+    more underscores (MIMIC-CXR's rule under an addendum or a wet read) is a paragraph break.
 
     Choices, and where they differ from the official parser:
 
@@ -214,19 +289,28 @@ def split_sections(text: str) -> dict[str, str]:
       it `full report`); it is not guessed to be findings, because for a headerless text the
       official rules do not know which section it is either.
     - "last_paragraph" follows the official fallback: only when the report has neither findings
-      nor impression, the last section (the whole report if headerless) is split at its first
-      blank line and the text after it is "last_paragraph". It repeats text already in another
-      key; it is a pointer for callers who need a target, not an extra section.
+      nor impression, the last section (the whole report if headerless) keeps its first
+      paragraph and the rest of it is "last_paragraph" (` COMPARISON:  ___.` followed by the
+      report's body gives comparison `___.`). The official create_section_files takes it as
+      the report's conclusion; this module names it and leaves that choice to the caller.
     - Repeated sections are merged in text order, joined with a space (the official parser keeps
       only the last one, which loses text such as a findings addendum).
     - Whitespace inside each section is collapsed to single spaces.
+    - An all-capitals line-start header the tables do not know (`COR:`, `CC:`, a structured
+      report's `LUNGS:`) is not a header: its line stays in the section it is in. The official
+      parser makes each its own section, which takes such lines out of the findings.
+    - MIMIC-CXR's `INDICATION:  History: ___F with ...`: a `History:` header right after the
+      indication header (nothing but blanks between) is part of it, so the text is the
+      indication; a mixed-case `History:` later on the indication's line is prose of the
+      indication. Both as the official parser, which only knows all-capitals line-start headers.
     - A report without an indication but with a history gives its history as the indication
-      too (the "history" key keeps it): old MIMIC-CXR reports have `HISTORY:` where newer ones
-      have `INDICATION:`, and many write `INDICATION:  History: ___F with ...`, whose only text
-      follows the inline `History:` header. ReXrank's MIMIC test set calls both "Indication".
+      too (the "history" key keeps it): old MIMIC-CXR reports have `HISTORY:` (or `CLINICAL
+      HISTORY:`) where newer ones have `INDICATION:`. ReXrank's MIMIC test set calls both
+      "Indication". With both, the indication is the indication and the history stays apart.
 
-    Nothing is lost silently: every word of `text` is in some returned section (excluding
-    "last_paragraph", a duplicate), except the words of the headers themselves.
+    Nothing is lost silently: every word of `text` is in some returned section, except the words
+    of the headers themselves and the underscore rules; the indication taken from the history
+    is a copy.
 
     Args:
         text: The report, in any of the supported styles.
@@ -236,6 +320,7 @@ def split_sections(text: str) -> dict[str, str]:
         "technique", "history", "examination", "preamble", "other" and "last_paragraph" when
         they have text.
     """
+    text = _SEPARATOR.sub("", text)
     headers = _find_headers(text)
     has_section = any(key != "preamble" for _, _, key in headers)
     # (key, raw text) in text order; title lines start a preamble piece.
@@ -248,6 +333,13 @@ def split_sections(text: str) -> dict[str, str]:
     if not has_section:
         logger.debug("no section header: the whole report goes to 'other'")
         pieces = [("other", raw) for _, raw in pieces]
+    if not any(k in ("findings", "impression") and raw.strip() for k, raw in pieces):
+        # Official fallback: the last section keeps its first paragraph, the rest of it is the
+        # last paragraph (the report's body, written under the wrong header or under none).
+        key, raw = pieces[-1]
+        head, *tail = _PARAGRAPH_BREAK.split(raw.lstrip(), maxsplit=1)
+        if tail and tail[0].strip():
+            pieces[-1:] = [(key, head), ("last_paragraph", tail[0])]
 
     merged: dict[str, list[str]] = {}
     for key, raw in pieces:
@@ -259,13 +351,6 @@ def split_sections(text: str) -> dict[str, str]:
     sections.update({k: " ".join(merged[k]) for k in _OPTIONAL_SECTIONS if k in merged})
     if not sections["indication"] and sections.get("history"):
         sections["indication"] = sections["history"]
-
-    if not sections["findings"] and not sections["impression"]:
-        # Official fallback: the last section minus its first paragraph.
-        last_raw = pieces[-1][1]
-        split = _PARAGRAPH_BREAK.split(last_raw, maxsplit=1)
-        if len(split) == 2 and _normalise_space(split[1]):
-            sections["last_paragraph"] = _normalise_space(split[1])
     return sections
 
 

@@ -67,7 +67,8 @@ PATIENT_SOURCES: dict[str, str] = {
 """Dataset -> the cohort its patients come from (the datasets not named are their own)."""
 
 # MIMIC subject ids appear as 10000032, "10000032" and, in paths, "p10000032"; CheXpert's as
-# "patient00001" (CheXpert) and "patient00001" (CheXpert Plus's deid_patient_id).
+# "patient00001" in both CheXpert and CheXpert Plus (the patient folder of the image path; the
+# readers keep CheXpert Plus's deid_patient_id in extra).
 _MIMIC_ID = re.compile(r"^p?(\d{8})$")
 
 

@@ -23,9 +23,11 @@ university; the reports file is the one in shared/data/iu_xray_reports):
 
 Views: only the projections CSV says which image is frontal. R2Gen's `0.png` / `1.png` are not
 in a fixed order (in ReXrank's IU test set, which carries the views, `0.png` is lateral in 44 of
-544 studies), so R2Gen views stay unknown and are counted once per study; Open-I's XML has no
-view per image, but `projections=indiana_projections.csv` gives them (Open-I's
-`CXR1_1_IM-0001-4001` is Kaggle's `1_IM-0001-4001.dcm.png`). ReXrank's IU test set
+544 studies), so R2Gen views stay unknown and are counted once per study. Open-I's XML has no
+view per image either (each `parentImage` carries the report's one caption, e.g. "Xray Chest PA
+and Lateral", the Kaggle copy's `image` column), but `projections=indiana_projections.csv`
+gives them: Open-I's `CXR2_IM-0652-1001` is Kaggle's `2_IM-0652-1001.dcm.png` (report 1 is
+written `CXR1_1_IM-0001-4001`, Kaggle's `1_IM-0001-4001.dcm.png`). ReXrank's IU test set
 (`radixpert data prepare rexrank`) carries its own views.
 
 R2Gen's own split is kept, under the canonical names of `radixpert.data.splits` (its `val` is
@@ -79,8 +81,8 @@ def read(
             `NLMCXR_png` (Open-I) or `images/images_normalized` (Kaggle).
         projections: Open-I: the Kaggle `indiana_projections.csv` (under `root`) giving each
             image's view; the Kaggle layout reads it always.
-        keep_without_images: Open-I only — keep reports that list no `parentImage` (104 of
-            the 3,955 do); by default they are dropped and counted in the log.
+        keep_without_images: Open-I and Kaggle — keep reports that list no image (104 of
+            Open-I's 3,955 list no `parentImage`); by default they are left out and counted.
 
     Yields:
         One Study per R2Gen record (id `iu-<id>`) or per Open-I report (id `iu-CXR<n>`).
@@ -98,13 +100,14 @@ def read(
             yield study
     elif layout == "openi":
         views = _projections(root / projections) if projections else None
-        for study in _read_openi(
-            root, images_dir or "NLMCXR_png", check_images, keep_without_images
-        ):
+        for study in _read_openi(root, images_dir or "NLMCXR_png", check_images):
+            if not study.images and not keep_without_images:
+                yield Skip("report lists no image", f"{root}/ecgen-radiology/{study.extra['xml']}")
+                continue
             yield from _openi_views(study, views, root / projections if projections else None)
             yield study
     elif layout == "kaggle":
-        yield from _read_kaggle(root, images_dir or "images/images_normalized")
+        yield from _read_kaggle(root, images_dir or "images/images_normalized", keep_without_images)
     else:
         raise ValueError(f"layout = {layout!r}, expected 'r2gen', 'openi' or 'kaggle'")
 
@@ -121,8 +124,9 @@ def _projections(path: Path) -> dict[str, tuple[str, str, int]]:
 
 
 def _kaggle_name(openi_id: str) -> str:
-    """Open-I's `CXR1_1_IM-0001-4001` as Kaggle's file name `1_IM-0001-4001.dcm.png`."""
-    m = re.fullmatch(r"CXR(\d+)_\d+_(IM-.+)", openi_id)
+    """Open-I's `CXR2_IM-0652-1001` as Kaggle's file name `2_IM-0652-1001.dcm.png` (and
+    report 1's `CXR1_1_IM-0001-4001` as `1_IM-0001-4001.dcm.png`)."""
+    m = re.fullmatch(r"CXR(\d+)_(?:\1_)?(IM-.+)", openi_id)
     return f"{m.group(1)}_{m.group(2)}.dcm.png" if m else ""
 
 
@@ -151,7 +155,7 @@ def _openi_views(
 # --------------------------------------------------------------------------------- Kaggle
 
 
-def _read_kaggle(root: Path, images_dir: str) -> Iterator[Study | Skip]:
+def _read_kaggle(root: Path, images_dir: str, keep_without_images: bool) -> Iterator[Study | Skip]:
     reports = root / "indiana_reports.csv"
     proj_path = root / "indiana_projections.csv"
     images: dict[str, list[tuple[str, str, int]]] = {}
@@ -162,7 +166,7 @@ def _read_kaggle(root: Path, images_dir: str) -> Iterator[Study | Skip]:
         uid = row["uid"].strip()
         where = f"{reports}:{line}"
         listed = images.pop(uid, [])
-        if not listed:
+        if not listed and not keep_without_images:
             yield Skip("report without images in the projections file", where, f"uid {uid}")
             continue
         study_images = []
@@ -282,24 +286,13 @@ def _text(el: ET.Element) -> str:
     return " ".join("".join(el.itertext()).split())
 
 
-def _read_openi(
-    root: Path, images_dir: str, check_images: bool, keep_without_images: bool
-) -> Iterator[Study]:
+def _read_openi(root: Path, images_dir: str, check_images: bool) -> Iterator[Study]:
     reports = root / "ecgen-radiology"
     if not reports.is_dir():
         raise ReaderError(f"{reports}: report directory not found (Open-I ecgen-radiology/)")
     folder = _image_dir(root, images_dir, check_images)
-    n_yielded = n_no_image = 0
     for path in sorted(reports.glob("*.xml"), key=_report_number):
-        study = _openi_study(path, folder, images_dir, check_images)
-        if not study.images and not keep_without_images:
-            n_no_image += 1
-            continue
-        n_yielded += 1
-        yield study
-    if n_no_image:
-        log.info("%s: dropped %d reports without images", reports, n_no_image)
-    log.info("%s: %d studies", reports, n_yielded)
+        yield _openi_study(path, folder, images_dir, check_images)
 
 
 def _openi_study(path: Path, folder: Path, images_dir: str, check_images: bool) -> Study:
@@ -328,15 +321,21 @@ def _openi_study(path: Path, folder: Path, images_dir: str, check_images: bool) 
     if not re.fullmatch(r"CXR\d+", number):
         raise ReaderError(f"{path}: uId id = {number!r}, expected CXR<number>")
     images = []
+    captions = []
     for j, el in enumerate(doc.iter("parentImage")):
         image_id = el.get("id", "").strip()
         if not image_id:
             raise ReaderError(f"{path}: parentImage[{j}] has no attribute 'id'")
         rel = f"{image_id}.png"
         images.append(Image(path=f"{images_dir}/{rel}", view=""))
+        caption = el.find("caption")
+        if caption is not None and _text(caption) not in captions:
+            captions.append(_text(caption))
     # MeSH is a child of eCitation in the files seen; some copies nest it in MedlineCitation.
     mesh = doc.find(".//MeSH")
     extra: dict[str, Any] = {"xml": path.name}
+    if captions:  # the report's description of the examination, not a view per image
+        extra["caption"] = " / ".join(captions)
     if mesh is not None:
         extra["mesh_major"] = [_text(m) for m in mesh.findall("major")]
         extra["mesh_automatic"] = [_text(m) for m in mesh.findall("automatic")]

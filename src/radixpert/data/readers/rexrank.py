@@ -219,6 +219,9 @@ def _patient(sid: str, rec: dict, name: str) -> str:
     if name == "rexrank-mimic-cxr":
         m = re.search(r"/p(\d{8})/", str((rec.get("image_path") or [""])[0]))
         return m.group(1) if m else ""
+    if name == "rexrank-iu-xray":  # ids are R2Gen's CXR<n>_IM-...; the iu-xray reader's patient
+        m = re.match(r"(CXR\d+)_", str(sid))  # is CXR<n> (one report per patient)
+        return m.group(1) if m else ""
     return ""
 
 
