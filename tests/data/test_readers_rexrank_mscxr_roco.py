@@ -13,7 +13,7 @@ import json
 import pytest
 
 from radixpert.cli import main
-from radixpert.data.readers import SkipLog, ms_cxr, rexrank, roco
+from radixpert.data.readers import ms_cxr
 from radixpert.data.study import read_studies
 from radixpert.errors import ReaderError
 
@@ -34,26 +34,7 @@ REXRANK = {
 # The ReXrank test sets: tests/data/test_reader_rexrank.py (real-layout fixture).
 
 
-def test_rexgradient(tmp_path):
-    meta = tmp_path / "metadata"
-    meta.mkdir()
-    rec = {
-        "ImagePath": ["../deid_png/x/studies/1/series/2/instances/3.png"],
-        "ImageViewPosition": ["PA"],
-        "Indication": "Cough",
-        "Comparison": "None",
-        "Findings": "Clear lungs.",
-        "Impression": "Normal.",
-        "PatientID": "P9",
-        "StudyInstanceUid": "1.2",
-        "PatientSex": "F",
-        "PatientAge": "050Y",
-    }
-    (meta / "valid_metadata_view_position.json").write_text(json.dumps({"st1": rec}))
-    (s,) = list(rexrank.read_rexgradient(tmp_path))
-    assert (s.id, s.split, s.patient_id, s.images[0].view) == ("st1", "validate", "P9", "PA")
-    with pytest.raises(ReaderError, match=r"no \{split\}_metadata_view_position\.json"):
-        list(rexrank.read_rexgradient(tmp_path / "nope"))
+# ReXGradient-160K: tests/data/test_reader_rexgradient.py (real-layout fixture).
 
 
 MS_CXR_HEADER = "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height,split\n"
@@ -84,32 +65,7 @@ def test_ms_cxr_bad_number(tmp_path):
         list(ms_cxr.read(tmp_path))
 
 
-def test_roco_v2(tmp_path):
-    (tmp_path / "cui_mapping.csv").write_text(
-        "CUI,Canonical name\nC0040405,X-Ray Computed Tomography\nC0024485,"
-        "Magnetic Resonance Imaging\nC0817096,Chest\n"
-    )
-    (tmp_path / "train_captions.csv").write_text(
-        'ID,Caption\nROCOv2_2023_train_000001,"Axial CT of the chest, showing a mass."\n'
-        "ROCOv2_2023_train_000002,MRI of the brain.\nROCOv2_2023_train_000003,An image.\n"
-        "ROCOv2_2023_train_000004,\n"
-    )
-    (tmp_path / "train_concepts_manual.csv").write_text(
-        "ID,CUIs\nROCOv2_2023_train_000001,C0040405;C0817096\nROCOv2_2023_train_000002,"
-        "C0024485;C9999999\nROCOv2_2023_train_000003,\n"
-    )
-    log = SkipLog()
-    studies = list(log.studies(roco.read(tmp_path)))
-    assert log.counts == {
-        ("study", "empty caption"): 1,
-        ("label", "concept not in cui_mapping.csv"): 1,
-    }
-    assert [s.modality for s in studies] == ["CT", "MR", ""]
-    assert studies[0].findings == "Axial CT of the chest, showing a mass."
-    assert studies[0].images[0].path == "train/ROCOv2_2023_train_000001.jpg"
-    assert studies[0].extra["concepts"] == ["X-Ray Computed Tomography", "Chest"]
-    with pytest.raises(ReaderError, match=r"no \{split\}_captions\.csv"):
-        list(roco.read(tmp_path, splits=("test",)))
+# ROCO v2: tests/data/test_reader_roco.py (real rows of the release).
 
 
 def test_prepare_cli_writes_studies(tmp_path, capsys):

@@ -108,6 +108,7 @@ _SPELLINGS: dict[str, str] = {
     "OBLIQUE": "OBLIQUE",
     "SWIMMERS": "SWIMMERS",
     "COSTAL": "OTHER",
+    "AP (KUB)": "OTHER",  # ReXGradient: an abdominal film (kidneys, ureters, bladder)
     # unknown
     "": "",
     "NAN": "",
@@ -115,6 +116,7 @@ _SPELLINGS: dict[str, str] = {
     "NULL": "",
     "UNK": "",
     "UNKNOWN": "",
+    "N/A": "",
     "EXCLUDE": "",
 }
 

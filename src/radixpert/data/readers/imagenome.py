@@ -5,8 +5,10 @@ folder `silver_dataset/scene_graph/`) holding `<dicom_id>_SceneGraph.json`, and
 `silver_dataset/splits/{train,valid,test}.csv` (unnamed index, `subject_id, study_id, dicom_id,
 path, ViewPosition`). One Study per image: a box per anatomical region (`bbox_name`), from
 `original_x1..original_y2` over `original_width/height`, clipped to the image (boxes can exceed
-it; the number clipped is counted in `extra`), with the report phrases of that region; the
-region's positive findings (`category|yes|label` attributes) go to `extra["region_findings"]`.
+it; the number clipped is counted in `extra`; a box of zero area or wholly outside the image is
+a counted box skip), with the report phrases of that region on one line; the region's positive
+findings (`category|yes|label` attributes) go to `extra["region_findings"]`, and the regions
+flagged `nlp|yes|abnormal` to `extra["abnormal_regions"]`.
 
 As the release ships it: the split CSVs' `path` names MIMIC-CXR's DICOM
 (`files/p10/p10000032/s50414267/<dicom_id>.dcm`); the study's image is read from MIMIC-CXR-JPG,
@@ -14,7 +16,8 @@ so the path is given the `.jpg` suffix (`image_suffix=`) and lies under `--root`
 the MIMIC-CXR-JPG folder holding `silver_dataset/` (or `silver=` names it). The images of the
 gold standard (`silver_dataset/splits/images_to_avoid.csv`, by `dicom_id`), which the
 publishers ask to keep out of training, are left out of every split and counted (`avoid=false`
-keeps them). A split row whose scene graph is missing is a counted skip. Views are normalised.
+keeps them). A split row whose scene graph is missing is a counted skip (the release lacks a
+few; RadVLM and rgrg drop them too). Views are normalised. Sources: tests/data/fixtures/imagenome/.
 
     radixpert data prepare imagenome --root chest-imagenome/1.0.0 --out imagenome.jsonl
 """
@@ -76,19 +79,29 @@ class _SceneGraphs:
             raise ReaderError(f"{where}: not valid JSON ({e})") from None
 
 
-def _region_boxes(graph: dict[str, Any], where: str) -> tuple[list[Box], int, dict]:
+def _region_boxes(
+    graph: dict[str, Any], where: str
+) -> tuple[list[Box], int, dict[str, list[str]], list[str], list[Skip]]:
     phrases: dict[str, list[str]] = {}
     findings: dict[str, list[str]] = {}
+    abnormal: set[str] = set()
     for att in graph.get("attributes") or []:
         name = att.get("bbox_name", "")
-        phrases.setdefault(name, []).extend(p.strip() for p in att.get("phrases") or [])
+        # Phrases are report text with its line breaks ("...right lower\n lung ..."): one line.
+        phrases.setdefault(name, []).extend(" ".join(p.split()) for p in att.get("phrases") or [])
         for group in att.get("attributes") or []:
             for item in group if isinstance(group, list) else [group]:
                 parts = str(item).split("|")
-                if len(parts) == 3 and parts[1] == "yes":
+                if len(parts) != 3 or parts[1] != "yes":
+                    continue
+                if parts[0] == "nlp":  # nlp|yes|normal / nlp|yes|abnormal: a flag, not a finding
+                    if parts[2] == "abnormal":
+                        abnormal.add(name)
+                else:
                     findings.setdefault(name, []).append(parts[2])
-    boxes, clipped = [], 0
+    boxes, clipped, skips = [], 0, []
     for k, obj in enumerate(graph.get("objects") or []):
+        name = obj.get("bbox_name", "")
         try:
             w, h = float(obj["original_width"]), float(obj["original_height"])
             raw = (
@@ -98,12 +111,21 @@ def _region_boxes(graph: dict[str, Any], where: str) -> tuple[list[Box], int, di
                 float(obj["original_y2"]) / h,
             )
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-            raise ReaderError(f"{where}: objects[{k}]: bad box fields ({e!r})") from None
+            skips.append(Skip("bad box fields", f"{where}: objects[{k}]", repr(e), part="box"))
+            continue
         box = tuple(min(1.0, max(0.0, v)) for v in raw)
+        if box[2] <= box[0] or box[3] <= box[1]:
+            # The silver boxes include some of zero area or wholly outside the image (rgrg's
+            # create_dataset.py drops them as "faulty"); what is left after clipping is no box.
+            detail = f"{name}: original_x1..y2 {obj['original_x1']}, {obj['original_y1']}, "
+            detail += f"{obj['original_x2']}, {obj['original_y2']} on {w:g}x{h:g}"
+            skips.append(Skip("box outside the image or of zero area", f"{where}: objects[{k}]",
+                              detail, part="box"))  # fmt: skip
+            continue
         clipped += box != raw
-        name = obj.get("bbox_name", "")
         boxes.append(Box(name, *box, phrase=" ".join(dict.fromkeys(phrases.get(name, [])))))
-    return boxes, clipped, {k: sorted(set(v)) for k, v in findings.items()}
+    region_findings = {k: sorted(set(v)) for k, v in findings.items()}
+    return boxes, clipped, region_findings, sorted(abnormal), skips
 
 
 def read(
@@ -143,7 +165,8 @@ def read(
                 yield Skip("no scene graph", where, f"{dicom_id}_SceneGraph.json")
                 continue
             graph, graph_where = found
-            boxes, clipped, region_findings = _region_boxes(graph, graph_where)
+            boxes, clipped, region_findings, abnormal, skips = _region_boxes(graph, graph_where)
+            yield from skips
             image = row["path"].strip().lstrip("/")
             if image.endswith(".dcm"):
                 image = image[: -len(".dcm")] + image_suffix
@@ -164,5 +187,6 @@ def read(
                     "dicom_id": dicom_id,
                     "clipped_boxes": clipped,
                     "region_findings": region_findings,
+                    "abnormal_regions": abnormal,
                 },
             ).validate(where)

@@ -12,6 +12,8 @@ in `--root`), as the public loaders that read v1.0.0 do; otherwise the split is 
 each study is counted, so `radixpert data split --with mimic.jsonl` can place it by patient.
 
     radixpert data prepare ms-cxr --root ms-cxr/1.1.0 --out ms_cxr.jsonl
+
+Layout sources and a fixture of both versions: tests/data/fixtures/ms-cxr/README.md.
 """
 
 from __future__ import annotations

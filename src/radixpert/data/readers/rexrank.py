@@ -229,7 +229,11 @@ def read_rexgradient(
     root: Path, *, splits: tuple[str, ...] = ("train", "valid", "test")
 ) -> Iterator[Study | Skip]:
     """Studies of ReXGradient-160K from `metadata/{split}_metadata_view_position.json`; image
-    paths (`../deid_png/...`, relative to `metadata/`) resolved to paths under `root`.
+    paths (`../deid_png/...`, relative to `metadata/`) resolved to paths under `root`
+    (`deid_png/<PatientID>/<AccessionNumber>/studies/.../instances/<uid>.png`, where the image
+    parts unpack). Views are `ImageViewPosition`, one per image (`PA`, `POSTERO_ANTERIOR`,
+    `LATERAL`, `LL`, `LAO`, `N/A`, `UNKNOWN`, null, ...); sections that are `None` or bare
+    `NaN` are empty (tests/data/fixtures/rexgradient/README.md cites the layout).
 
     Args:
         splits: The split files to read (`train`, `valid`, `test`).
@@ -279,7 +283,8 @@ def read_rexgradient(
                 findings=_text(rec.get("Findings"), where, "Findings"),
                 impression=_text(rec.get("Impression"), where, "Impression"),
                 extra={k: rec[k] for k in ("PatientSex", "PatientAge", "StudyDate",
-                                           "StudyInstanceUid", "AccessionNumber") if k in rec},
+                                           "StudyInstanceUid", "AccessionNumber",
+                                           "EthnicGroup") if k in rec},
             ).validate(where)  # fmt: skip
     if not found:
         raise ReaderError(

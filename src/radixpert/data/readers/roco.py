@@ -2,12 +2,16 @@
 
 Layout (shared/reference/datasets.md §6): `{train,valid,test}/<ID>.jpg`,
 `{split}_captions.csv` (`ID,Caption`), `{split}_concepts.csv` and `{split}_concepts_manual.csv`
-(`ID,CUIs`, `;`-separated; manual rows can be empty), `cui_mapping.csv` (`CUI,Canonical name`).
-The caption becomes the study's findings; the modality comes from the manual concepts' canonical
-names in the shipped `cui_mapping.csv` (computed tomography -> CT, magnetic resonance -> MR,
-ultrasonography -> US, plain x-ray / radiography -> XR, angiography -> XA, positron emission
--> PT), "" when none names a modality. A row with an empty caption is skipped, and a concept
-missing from `cui_mapping.csv` is counted (its name stays empty), never dropped silently.
+(`ID,CUIs`, `;`-separated; manual rows can be empty), `cui_mapping.csv` (`CUI,Canonical name`);
+tests/data/fixtures/roco-v2/README.md cites the files. The caption (stripped: the release has
+leading and trailing spaces) becomes the study's findings; the modality comes from the manual
+concepts' canonical names in the shipped `cui_mapping.csv` (computed tomography -> CT, magnetic
+resonance -> MR, ultrasonography -> US, plain x-ray / radiography -> XR, angiography -> XA,
+positron emission -> PT), from the automatic concepts when the manual row is empty, "" when none
+names a modality. The manual X-ray directionality concepts are the image's view (`C1996865`
+Postero-Anterior -> PA, `C1999039` Anterior-Posterior -> AP, `C0205129` Sagittal -> LATERAL).
+A row with an empty caption is skipped, and a concept missing from `cui_mapping.csv` is counted
+(its name stays empty), never dropped silently.
 
     radixpert data prepare roco-v2 --root ROCOv2 --out roco.jsonl
 """
@@ -33,6 +37,10 @@ _MODALITY_WORDS = (
 )
 
 
+# The manual directionality concepts (curated for X-ray images only).
+_VIEW_CUIS = {"C1996865": "PA", "C1999039": "AP", "C0205129": "LATERAL"}
+
+
 def modality_of(names: list[str]) -> str:
     low = " | ".join(names).lower()
     return next((code for word, code in _MODALITY_WORDS if word in low), "")
@@ -50,7 +58,8 @@ def _concepts(path: Path) -> dict[str, list[str]]:
 def read(
     root: Path, *, splits: tuple[str, ...] = ("train", "valid", "test")
 ) -> Iterator[Study | Skip]:
-    """Studies (one per image) of the chosen splits.
+    """Studies (one per image) of the chosen splits; `extra` holds `cuis` (the row of
+    `{split}_concepts.csv`), `concepts` (their canonical names) and `manual_cuis`.
 
     Args:
         splits: The splits whose `{split}_captions.csv` to read (`train`, `valid`, `test`).
@@ -75,19 +84,21 @@ def read(
             if not row["Caption"].strip():
                 yield Skip("empty caption", where, sid)
                 continue
-            cuis = manual.get(sid) or auto.get(sid, [])
+            hand, cuis = manual.get(sid, []), auto.get(sid, [])
             concept_names = [names.get(c, "") for c in cuis]
-            for c in cuis:
+            for c in dict.fromkeys(hand + cuis):
                 if names and c not in names:
                     yield Skip("concept not in cui_mapping.csv", where, c, part="label")
+            modality = modality_of([names.get(c, "") for c in hand]) if hand else ""
+            view = next((_VIEW_CUIS[c] for c in hand if c in _VIEW_CUIS), "")
             yield Study(
                 id=sid,
                 dataset="roco-v2",
                 split=SPLITS.get(split, split),
-                images=[Image(f"{split}/{sid}.jpg", "")],
+                images=[Image(f"{split}/{sid}.jpg", view)],
                 findings=row["Caption"].strip(),
-                modality=modality_of(concept_names),
-                extra={"cuis": cuis, "concepts": concept_names},
+                modality=modality or modality_of(concept_names),
+                extra={"cuis": cuis, "concepts": concept_names, "manual_cuis": hand},
             ).validate(f"{captions}: line {line}")
     if not found:
         raise ReaderError(f"{root}: no {{split}}_captions.csv for splits {', '.join(splits)}")

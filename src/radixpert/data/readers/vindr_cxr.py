@@ -10,14 +10,17 @@ Per image: each radiologist's boxes of one class are fused with weighted box fus
 `ensemble-boxes` package: `iou_thr` 0.5 by default) and a fused box keeps the number of
 radiologists behind it (`extra["box_support"]`); `min_support` drops boxes fewer radiologists
 drew (default 1: keep all). Image labels are a majority vote of the radiologists, mapped to
-the CheXpert observations VinDr covers (others stay None). Boxes agree with the labels: a box
-of a finding that the majority did not label (one radiologist of three drew it) is left out
-and counted, so a report that says the finding is absent never comes with its box.
+the CheXpert observations VinDr covers (others stay None; `No Finding` is 1 when the majority
+said `No finding`, else None, never 0). Boxes agree with the labels: a box of a finding that
+the majority did not label (one radiologist of three drew it) is left out and counted, so a
+report that says the finding is absent never comes with its box.
 
 The test set is the consensus of five radiologists and its CSVs have no `rad_id` column: it is
 read as one reader. An image listed without its DICOM file is skipped (counted), since its size
-is needed to normalise the boxes. VinDr ships no reports: findings and
-impression are synthesised from the labels and marked `report_source="synthesised-from-labels"`.
+is needed to normalise the boxes. All images are PA (the publisher's description); no patient
+id is published (the de-identified DICOMs keep none), so `patient_id` is empty. VinDr ships no
+reports: findings and impression are synthesised from the labels and marked
+`report_source="synthesised-from-labels"`.
 
     radixpert data prepare vindr-cxr --root vindr-cxr/1.0.0 --out vindr.jsonl
 """
@@ -53,6 +56,14 @@ TO_CHEXPERT = {
     "No finding": "No Finding",
 }
 COVERED = sorted(set(TO_CHEXPERT.values()))
+# The radiologist column: `rad_id` in the files seen; one third-party loader (RadVLM) renames a
+# `rad_ID` spelling, so both are read.
+RAD_COLUMNS = ("rad_id", "rad_ID")
+
+
+def _rad(row: dict[str, str]) -> str:
+    """The row's radiologist (R1..R17), or "consensus" in the test files, which have none."""
+    return next((row[c] for c in RAD_COLUMNS if c in row), "consensus")
 
 
 def _size(path: Path) -> tuple[int, int] | None:
@@ -79,9 +90,8 @@ def _fuse(per_rad: dict[str, list[tuple[float, ...]]], iou_thr: float) -> list[t
         iou_thr=iou_thr, skip_box_thr=0.0,
     )  # fmt: skip
     # a fused box's score is (boxes merged) / (radiologists), i.e. its support share
-    return [
-        (tuple(float(v) for v in b), round(float(s) * len(rads))) for b, s in zip(fused, scores)
-    ]
+    out = [(tuple(float(v) for v in b), round(float(s) * len(rads))) for b, s in zip(fused, scores)]
+    return sorted(out, key=lambda bs: (-bs[1], bs[0]))  # most support first, then left to right
 
 
 def read(
@@ -118,12 +128,12 @@ def read(
             except ValueError:
                 raise ReaderError(f"{ann}: line {line}: box coordinates must be numbers") from None
             per_class = boxes[row["image_id"]][row["class_name"]]
-            per_class.setdefault(row.get("rad_id", "consensus"), []).append(box)
+            per_class.setdefault(_rad(row), []).append(box)
         votes: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for line, row in iter_csv(lab, ("image_id",)):
             for name, value in row.items():
                 name = "Other diseases" if name == "Other disease" else name  # test vs train
-                if name in ("image_id", "rad_id"):
+                if name == "image_id" or name in RAD_COLUMNS:
                     continue
                 if value.strip() not in ("0", "1", "0.0", "1.0"):
                     raise ReaderError(
@@ -147,8 +157,9 @@ def read(
             for name in present:
                 if name in TO_CHEXPERT:
                     labels[TO_CHEXPERT[name]] = 1
-            if any(v == 1 for o, v in labels.items() if o != "No Finding"):
-                labels["No Finding"] = None  # CheXpert: never 0, blank when something is found
+            # CheXpert: never 0, blank when something is found — also a VinDr finding with no
+            # CheXpert observation (Aortic enlargement, Tuberculosis, ...) or no majority at all
+            labels["No Finding"] = 1 if present == {"No finding"} else None
             out_boxes, support = [], []
             for cls, per_rad in sorted(boxes.get(image_id, {}).items()):
                 if cls not in present:
