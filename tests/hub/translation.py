@@ -14,15 +14,13 @@ scaled down is listed in ``tests/hub/README.md``.
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from tests.hub import builder
-from tests.hub.vlm import SEED, _save, corpus
+from tests.hub.vlm import SEED, _save, sentencepiece_model
 
 OPUS_MT_ES_EN = "Helsinki-NLP/opus-mt-es-en"
 
@@ -52,26 +50,6 @@ SPANISH = (
 )
 
 
-def _spm(sentences: Iterable[str], size: int) -> bytes:
-    """A Unigram SentencePiece model of about ``size`` pieces (the default ``<unk> <s> </s>``
-    control pieces, as the OPUS-MT models have)."""
-    import sentencepiece as spm
-
-    out = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=out,
-        vocab_size=size,
-        model_type="unigram",
-        character_coverage=1.0,
-        hard_vocab_limit=False,
-        num_threads=1,
-        minloglevel=2,
-        seed_sentencepiece_size=10000,
-    )
-    return out.getvalue()
-
-
 def _joint_vocab(models: list[bytes]) -> dict[str, int]:
     """Marian's joint vocabulary: ``</s>`` 0, ``<unk>`` 1, every piece of both SentencePiece
     models once, then ``<pad>`` (added last by the conversion, ``add_special_tokens_to_vocab``)."""
@@ -93,7 +71,9 @@ def opus_mt_es_en(snapshot: Path) -> None:
     """MarianMTModel + MarianTokenizer (source.spm, target.spm, vocab.json)."""
     from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
 
-    source, target = _spm(SPANISH, 160), _spm(corpus(), 200)
+    # Unigram models with the default <unk> <s> </s> control pieces, as the OPUS-MT models have.
+    source = sentencepiece_model(160, "unigram", SPANISH)
+    target = sentencepiece_model(200, "unigram")
     (snapshot / "source.spm").write_bytes(source)
     (snapshot / "target.spm").write_bytes(target)
     vocab = _joint_vocab([source, target])

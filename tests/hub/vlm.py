@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,16 @@ def train_bpe(
     return tok.get_vocab(), _merges(tok)
 
 
-def sentencepiece_model(size: int, model_type: str, **options: Any) -> bytes:
-    """A SentencePiece model (``tokenizer.model`` / ``spiece.model``) trained on ``corpus()``."""
+def sentencepiece_model(
+    size: int, model_type: str, sentences: Iterable[str] | None = None, **options: Any
+) -> bytes:
+    """A SentencePiece model (``tokenizer.model`` / ``spiece.model``) trained on ``sentences``
+    (default ``corpus()``)."""
     import sentencepiece as spm
 
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus()),
+        sentence_iterator=iter(corpus() if sentences is None else sentences),
         model_writer=out,
         vocab_size=size,
         model_type=model_type,

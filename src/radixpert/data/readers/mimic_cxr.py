@@ -274,9 +274,12 @@ def read(
 
     n_yielded = n_other_view = n_other_split = 0
     for study, rows in _study_rows(metadata):
-        first_line, first = rows[0]
+        # The study's subject is the one most of its rows name (the first row's on a tie), so
+        # that a mis-keyed row is the odd one out whatever the row order.
+        subjects = Counter(row["subject_id"].strip() for _, row in rows)
+        subject = subjects.most_common(1)[0][0]
+        first_line, first = next(r for r in rows if r[1]["subject_id"].strip() == subject)
         where = f"{metadata}: line {first_line}"
-        subject = first["subject_id"].strip()
         if not subject.isdigit():
             yield Skip("subject_id not numeric", where, f"study {study}: {subject!r}")
             continue
@@ -290,7 +293,7 @@ def read(
             if row["subject_id"].strip() != subject:
                 problem, detail = "image row of another subject", f"{row['subject_id']!r}"
             elif not dicom:
-                problem, detail = "image row without dicom_id", f"study {study}"
+                problem, detail = "image row without dicom_id", "dicom_id ''"
             elif dicom in dicom_ids:
                 problem, detail = "repeated image row", dicom
             if problem:
@@ -355,7 +358,9 @@ def read(
                 extra[key] = first[column].strip()
         if sections.get("history") and sections["history"] != sections["indication"]:
             extra["history"] = sections["history"]
-        for key in ("technique", "last_paragraph"):
+        # The sections a Study has no field for (an addendum or wet read is "other") are kept,
+        # so nothing the radiologist wrote is dropped.
+        for key in ("technique", "other", "last_paragraph"):
             if sections.get(key):
                 extra[key] = sections[key]
         if not sections["findings"] and not sections["impression"]:
