@@ -94,3 +94,13 @@ def test_a_typo_in_an_option_is_one_line_not_a_traceback(fake_reader, tmp_path, 
     assert main([*argv, "veiws=PA"]) != 0
     err = capsys.readouterr().err
     assert "no option 'veiws'" in err and "Traceback" not in err
+
+
+def test_skip_summary_names_each_part():
+    from radixpert.data.readers import Skip, SkipLog
+
+    log = SkipLog()
+    for part in ("study", "box", "box", "image"):
+        log.add(Skip("why", "f.csv:2", part=part))
+    assert [line.split(":")[0].strip() for line in log.summary()] == [
+        "2  boxes left out", "1  images left out", "1  records skipped"]  # fmt: skip

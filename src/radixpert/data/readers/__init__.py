@@ -70,6 +70,9 @@ class Skip:
         return f"{self.where}: {what}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
 
 
+_PLURAL = {"box": "boxes"}
+
+
 class SkipLog:
     """Counts the `Skip`s of a read, per (part, reason), with the first few places of each.
 
@@ -123,7 +126,11 @@ class SkipLog:
         """Lines for a person: each part and reason with its count and a first place."""
         lines = []
         for (part, reason), n in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0])):
-            what = "records skipped" if part == "study" else f"{part}s left out"
+            what = (
+                "records skipped"
+                if part == "study"
+                else f"{_PLURAL.get(part, part + 's')} left out"
+            )
             lines.append(f"  {n:>8,}  {what}: {reason}  (e.g. {self.examples[(part, reason)][0]})")
         return lines
 
