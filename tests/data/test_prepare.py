@@ -85,6 +85,8 @@ def test_options_are_typed(fake_reader):
     assert parse_options("fake", ["views=PA"]) == {"views": ("PA",)}  # a list, not "P", "A"
     with pytest.raises(UnknownName, match=r"no option 'view'.*views, limit"):
         parse_options("fake", ["view=PA"])
+    with pytest.raises(UnknownName, match=r"'check_images' \(the command's flag --no-check-images"):
+        parse_options("fake", ["check_images=false"])
     with pytest.raises(UsageError, match="limit='two'"):
         parse_options("fake", ["limit=two"])
 

@@ -159,8 +159,10 @@ def parse_options(dataset: str, pairs: Sequence[str]) -> dict[str, Any]:
         if not sep or not name:
             raise UsageError(f"{dataset} option {pair!r}: expected key=value")
         if name not in known:
+            flags = {"check_images": "--no-check-images", "strict": "--strict"}
+            hint = f" (the command's flag {flags[name]} does that)" if name in flags else ""
             raise UnknownName(
-                f"{dataset} has no option {key.strip()!r}; its options: "
+                f"{dataset} has no option {key.strip()!r}{hint}; its options: "
                 + (", ".join(known) or "none")
             )
         out[name] = _convert(known[name], text, dataset)
