@@ -863,7 +863,15 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     _train_parser(sub)
     _demo_parser(sub)
+    # Commands that keep their parser beside their code (their heavy imports stay inside).
+    from radixpert import serve
+    from radixpert.infer import attention, batch, chat
+
+    batch.add_parser(sub)  # generate
     _evaluate_parser(sub)
+    chat.add_parser(sub)
+    attention.add_parser(sub)  # explain
+    serve.add_parser(sub)
     _label_parser(sub)
     _model_parser(sub)
     _weights_parser(sub)
