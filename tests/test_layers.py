@@ -25,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "infer": {"data", "instruct", "models"},
     "train": {"data", "instruct", "models", "infer", "evaluate"},
     "demo": {"data", "instruct", "models", "train", "infer", "evaluate"},
-    "cli": {"data", "instruct", "models", "train", "infer", "evaluate", "demo"},
+    "serve": {"data", "instruct", "models", "infer"},
+    "cli": {"data", "instruct", "models", "train", "infer", "evaluate", "demo", "serve"},
     "__main__": {"cli"},
 }
 
