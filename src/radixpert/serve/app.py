@@ -5,8 +5,10 @@
 
 Endpoints: ``POST /v1/chat/completions`` (OpenAI's request and response, ``stream`` as
 server-sent events ending with ``data: [DONE]``), ``GET /v1/models``, ``POST /v1/report``
-(an image in, the report and its parsed boxes out), ``GET /health`` and ``GET /metrics``
-(Prometheus). With a token set every endpoint but ``/health`` needs
+(an image in, the report and its parsed boxes out; with ``attention`` the attention maps of
+the report as overlay PNGs), ``GET /health``, ``GET /metrics`` (Prometheus) and the web page at
+``/`` (``serve.page``). With a token set every endpoint but ``/health`` and the page's own
+files (``/``, ``/page.js``, ``/page.css``, ``/page/config``) needs
 ``Authorization: Bearer <token>``. Errors use OpenAI's ``{"error": {...}}`` layout. Request
 text and images are never logged unless ``log_content`` is set.
 """
@@ -14,6 +16,7 @@ text and images are never logged unless ``log_content`` is set.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -144,6 +147,10 @@ class ReportRequest(_Strict):
     prompt: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     attention: bool = False
+    report: str | None = Field(
+        None, description="with attention: map this report (teacher-forced) instead of a new one"
+    )
+    phrases: list[str] = Field(default_factory=list, max_length=16)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -194,11 +201,15 @@ class _Payload:
     request: GenRequest
     sampling: Sampling
     emit: Any = None  # streaming: emit(index, text), called from the worker thread
+    task: Any = None  # other work on the model (attention maps), run alone by the worker
 
 
 def _run_jobs(jobs: Sequence[Job]) -> None:
-    """The queue's handler: one generate call for a batch (or one stream)."""
+    """The queue's handler: one generate call for a batch (or one stream, or one task)."""
     first: _Payload = jobs[0].payload
+    if first.task is not None:
+        jobs[0].future.set_result(first.task())
+        return
     if first.emit is not None:
         jobs[0].future.set_result(first.model.stream(first.request, first.sampling, first.emit))
         return
@@ -291,6 +302,9 @@ def create_app(models: ModelRegistry | Sequence[ServedModel], settings: ServeSet
             )
 
     guarded = [Depends(authorised)]
+    from radixpert.serve.page import add_page_routes
+
+    add_page_routes(app, settings, guarded, report_prompt=REPORT_PROMPT)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -515,12 +529,18 @@ def create_app(models: ModelRegistry | Sequence[ServedModel], settings: ServeSet
 
     @app.post("/v1/report", dependencies=guarded)
     async def report(body: ReportRequest) -> dict[str, Any]:
-        if body.attention:
-            raise RequestRejected(
-                501, "attention maps are not available from this endpoint yet", param="attention"
-            )
         rid = "report-" + secrets.token_hex(12)
         model = registry.get(body.model)
+        if body.report is not None and not body.attention:
+            raise RequestRejected(
+                400, "report: give a report only with attention: true", param="report"
+            )
+        if body.attention and model.family == "radscribe":
+            raise RequestRejected(
+                400,
+                f"model {model.name!r} (radscribe) has no image tokens: no attention maps",
+                param="attention",
+            )
         sampling = _sampling(body, model)
         (image,) = await _decode([("image", body.image)])
         prompt = body.prompt or REPORT_PROMPT
@@ -541,11 +561,15 @@ def create_app(models: ModelRegistry | Sequence[ServedModel], settings: ServeSet
             dataset="api",
         )
         req = GenRequest(conversation, [image], 1)
-        result = await _await(_submit(_Payload(model, req, sampling), batchable=True))
-        _log(rid, model, req, result)
-        text = result.choices[0].text
+        result: Result | None = None
+        if body.report is None:
+            result = await _await(_submit(_Payload(model, req, sampling), batchable=True))
+            _log(rid, model, req, result)
+            text = result.choices[0].text
+        else:
+            text = body.report.strip()
         boxes, invalid = boxes_in(text)
-        return {
+        out: dict[str, Any] = {
             "id": rid,
             "object": "report",
             "created": int(time.time()),
@@ -553,9 +577,17 @@ def create_app(models: ModelRegistry | Sequence[ServedModel], settings: ServeSet
             "report": text,
             "boxes": boxes,
             "invalid_boxes": invalid,
-            "finish_reason": result.choices[0].finish_reason,
-            "usage": _usage(result),
+            "finish_reason": result.choices[0].finish_reason if result else None,
+            "usage": _usage(result) if result else None,
         }
+        if body.attention:
+            task = functools.partial(
+                attention_maps, model, image, text, prompt, body.phrases, body.report is None
+            )
+            out["attention"] = await _await(
+                _submit(_Payload(model, req, sampling, task=task), batchable=False)
+            )
+        return out
 
     return app
 
@@ -568,6 +600,70 @@ def boxes_in(text: str) -> tuple[list[list[float]], list[list[float]]]:
         ok = 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
         (valid if ok else invalid).append(list(box))
     return valid, invalid
+
+
+ATTENTION_MAX_SIDE = 1024  # overlays in a response are shrunk to this side (boxes are 0-1)
+
+
+def attention_maps(
+    model: ServedModel,
+    image: Any,
+    report: str,
+    prompt: str,
+    phrases: Sequence[str] = (),
+    generated: bool = True,
+    max_side: int = ATTENTION_MAX_SIDE,
+) -> dict[str, Any]:
+    """The ``attention`` of ``/v1/report``: ``infer.attention.explain`` of ``report`` on the
+    image (teacher-forced, the default aggregation: mean over heads, max over layers), as
+    overlay PNGs (``data:`` URLs, the image's aspect, at most ``max_side`` pixels a side).
+
+    ``maps`` holds the whole report first (the mean of its tokens' maps), then each phrase
+    (``found`` false and no overlay when the report does not contain it). An empty report or a
+    model whose maps cannot be read gives ``{"error": ...}`` instead (the report still comes).
+    """
+    import numpy as np
+
+    from radixpert.infer.attention import explain, overlay
+    from radixpert.serve.page import png_data_url
+
+    try:
+        result = explain(model.model, model.processor, image, report=report, prompt=prompt,
+                         phrases=list(phrases))  # fmt: skip
+    except ValueError as e:
+        return {"error": f"attention: {e}"}
+    geometry = result.geometry
+
+    def picture(grid: Any) -> str:
+        return png_data_url(overlay(result.image, grid, geometry), max_side)
+
+    maps: list[dict[str, Any]] = [
+        {
+            "kind": "report",
+            "text": result.report,
+            "found": True,
+            "overlay": picture(result.token_maps.mean(axis=0)),
+            "image_mass": float(np.mean(result.image_mass)),
+        }
+    ]
+    for span in result.phrase_maps:
+        entry: dict[str, Any] = {"kind": "phrase", "text": span.text, "found": bool(span.tokens)}
+        entry["start"] = span.start
+        if span.tokens:
+            entry["overlay"] = picture(span.grid)
+            entry["image_mass"] = float(np.mean([result.image_mass[t] for t in span.tokens]))
+        maps.append(entry)
+    return {
+        "report": result.report,
+        "generated": generated,
+        "aggregation": {**result.aggregation, "report": "mean over all the report's tokens"},
+        "geometry": {
+            "grid": list(geometry.grid),
+            "original_height_width": list(geometry.original),
+            "note": geometry.note,
+        },
+        "maps": maps,
+    }
 
 
 def _usage(result: Result) -> dict[str, int]:
