@@ -45,7 +45,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -479,13 +478,9 @@ def _model_record(model_dir: Path) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
-    for name in _VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    from radixpert.models.bundle import package_versions
+
+    return package_versions(_VERSIONED)
 
 
 def _prediction(kind: str, track: str, item: Item, text: str) -> tuple[dict[str, Any], bool]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -85,14 +86,19 @@ def _load_base(family: str, path: Path, **kwargs: Any) -> Any:
     return load_saved(family, path, **kwargs)
 
 
-def _versions() -> dict[str, str | None]:
+def package_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """Installed version of each package (None where it is not installed)."""
     found: dict[str, str | None] = {}
-    for name in _VERSIONED:
+    for name in names:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def _versions() -> dict[str, str | None]:
+    return package_versions(_VERSIONED)
 
 
 def _base_state_dict(peft_model: Any) -> dict[str, Any]:
