@@ -17,11 +17,13 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from radixpert.data.images import (  # noqa: E402
     ImageError,
+    ImageTooLarge,
     LetterboxTransform,
     frontal_images,
     is_frontal,
     load_image,
     load_images,
+    read_image_bytes,
     resize,
     resize_letterbox,
 )
@@ -438,6 +440,43 @@ def test_missing_truncated_and_garbage_files_raise(tmp_path):
     (tmp_path / "junk.jpg").write_bytes(b"\x00" * 300)
     with pytest.raises(ImageError, match=r"junk\.jpg"):
         load_image(tmp_path / "junk.jpg")
+
+
+def test_image_bytes_read_as_their_files(tmp_path):
+    """An upload decodes to exactly what ``load_image`` gives for the same file."""
+    PILImage.fromarray(np.array([[0, 13107], [32768, 65535]], dtype=np.uint16)).save(
+        tmp_path / "g16.png"
+    )
+    PILImage.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(tmp_path / "a.jpg")
+    dcm = write_dicom(tmp_path / "a.dcm", STORED, photometric="MONOCHROME1", slope=2,
+                      intercept=-1000, center="0.5", width="401")  # fmt: skip
+    for path in (tmp_path / "g16.png", tmp_path / "a.jpg", dcm):
+        got = read_image_bytes(path.read_bytes(), name="upload")
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, load_image(path))
+
+
+def test_image_bytes_guard_and_errors_name_the_input(tmp_path):
+    PILImage.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(tmp_path / "big.png")
+    data = (tmp_path / "big.png").read_bytes()
+    assert read_image_bytes(data, max_pixels=2000).shape == (40, 50)
+    with pytest.raises(ImageTooLarge, match=r"^field: the image declares 2000 pixels, over the"):
+        read_image_bytes(data, name="field", max_pixels=1999)
+    dcm = write_dicom(tmp_path / "a.dcm", np.zeros((30, 40), dtype=np.uint16), slope=1,
+                      intercept=0)  # fmt: skip
+    with pytest.raises(ImageTooLarge, match=r"declares 1200 pixels"):
+        read_image_bytes(dcm.read_bytes(), name="field", max_pixels=1000)
+    with pytest.raises(ImageError, match=r"^field: empty image"):
+        read_image_bytes(b"", name="field")
+    with pytest.raises(ImageError, match=r"^field: not a PNG, JPEG or DICOM image"):
+        read_image_bytes(b"GIF89a" + bytes(100), name="field")
+    noise = np.arange(4096, dtype=np.uint16).reshape(64, 64) % 251
+    PILImage.fromarray(noise.astype(np.uint8)).save(tmp_path / "full.png")
+    full = (tmp_path / "full.png").read_bytes()
+    with pytest.raises(ImageError, match=r"^field: corrupt or truncated"):
+        read_image_bytes(full[: len(full) // 2], name="field")
+    with pytest.raises(ImageError, match=r"^field: DICOM file has no pixel data"):
+        read_image_bytes(bytes(128) + b"DICM" + b"garbage" * 10, name="field", max_pixels=10)
 
 
 def test_truncated_dicom_pixel_data_raises(tmp_path):

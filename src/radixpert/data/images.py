@@ -143,6 +143,69 @@ def load_images(
     return LoadResult(images, loaded, skipped)
 
 
+class ImageTooLarge(ImageError):
+    """An image whose header declares more pixels than allowed (refused before decoding)."""
+
+
+def read_image_bytes(
+    data: bytes, *, name: str = "image", max_pixels: int | None = None
+) -> np.ndarray:
+    """``load_image`` for an image held in memory (an upload, a request body).
+
+    The same formats and intensity rules as ``load_image``: DICOM is recognised by the "DICM"
+    marker after the 128-byte preamble, anything else must be PNG or JPEG. Single-frame only.
+
+    Args:
+        data: The file's bytes.
+        name: What error messages call it (a request field, an upload's file name).
+        max_pixels: Refuse, before decoding anything, an image whose header declares more
+            pixels (rows x columns x frames x samples) than this: a decompression-bomb guard.
+
+    Returns:
+        A C-contiguous float32 array of shape (rows, columns), values in [0, 1].
+
+    Raises:
+        ImageTooLarge: The header declares more than ``max_pixels`` pixels.
+        ImageError: Not a PNG, JPEG or DICOM image, or corrupt or truncated data.
+    """
+    import io
+
+    if not data:
+        raise ImageError(f"{name}: empty image")
+    if data[128:132] == b"DICM":
+        require("pydicom", purpose="reading DICOM images")
+        import pydicom
+
+        if max_pixels is not None:
+            try:
+                head = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                dims = [int(head.get(k) or 1) for k in ("Rows", "Columns")]
+                extra = [int(head.get(k) or 1) for k in ("NumberOfFrames", "SamplesPerPixel")]
+            except Exception as e:  # pydicom raises many kinds on garbage
+                raise ImageError(
+                    f"{name}: not a readable DICOM file ({type(e).__name__})"
+                ) from None
+            pixels = math.prod(dims) * math.prod(max(v, 1) for v in extra)
+            if pixels > max_pixels:
+                raise ImageTooLarge(_too_large(name, pixels, max_pixels))
+        img = _load_dicom(io.BytesIO(data), None, name=name)
+    else:
+        img = _open_raster_formats(io.BytesIO(data), name, max_pixels)
+    return np.ascontiguousarray(np.clip(img, 0.0, 1.0).astype(np.float32))
+
+
+_RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG
+
+
+def _open_raster_formats(source: Any, name: str, max_pixels: int | None) -> np.ndarray:
+    """``_open_raster`` limited to PNG and JPEG by their signatures (what an upload may be)."""
+    head = source.read(8)
+    source.seek(0)
+    if not head.startswith(_RASTER_MAGIC):
+        raise ImageError(f"{name}: not a PNG, JPEG or DICOM image")
+    return _open_raster(source, name, max_pixels)
+
+
 def _is_dicom(path: Path) -> bool:
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
@@ -155,22 +218,40 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _load_raster(path: Path) -> np.ndarray:
+    return _open_raster(path, path, None)
+
+
+def _open_raster(source: Any, name: Any, max_pixels: int | None) -> np.ndarray:
+    """PNG/JPEG (or anything Pillow reads) from a path or a file object, as gray in [0, 1]."""
     require("PIL", purpose="reading PNG/JPEG images")
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
     try:
-        with PILImage.open(path) as im:
+        with PILImage.open(source) as im:
+            width, height = im.size  # from the header: nothing is decoded yet
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLarge(_too_large(name, width * height, max_pixels))
             # load() decodes everything now, so a truncated file fails here, inside the try.
             im.load()
-            return _raster_to_gray(im, path)
+            return _raster_to_gray(im, name)
     except UnidentifiedImageError as e:
-        raise ImageError(f"{path}: not a readable image ({e})") from e
+        # Pillow's message names its file object; the name is said already.
+        raise ImageError(f"{name}: not a readable image (no decoder recognises it)") from e
+    except PILImage.DecompressionBombError as e:
+        raise ImageTooLarge(f"{name}: {e}") from e
     except (OSError, SyntaxError, ValueError) as e:
         # Pillow reports truncated or corrupt data as OSError or SyntaxError.
         if isinstance(e, ImageError):
             raise
-        raise ImageError(f"{path}: corrupt or truncated image ({e})") from e
+        raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
+
+
+def _too_large(name: Any, pixels: int, limit: int) -> str:
+    return (
+        f"{name}: the image declares {pixels} pixels, over the limit of {limit} "
+        "(refused before decoding: a decompression-bomb guard)"
+    )
 
 
 def _raster_to_gray(im: Any, path: Path) -> np.ndarray:
@@ -220,12 +301,14 @@ _FRAME_GROUPS = {
 }
 
 
-def _load_dicom(path: Path, frame: int | None) -> np.ndarray:
+def _load_dicom(source: Any, frame: int | None, name: Any = None) -> np.ndarray:
+    """A DICOM file (a path, or a file object named by ``name`` in errors) as gray in [0, 1]."""
     require("pydicom", purpose="reading DICOM images")
     import pydicom
 
+    path = source if name is None else name  # what error messages call it
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(source)
     except Exception as e:  # pydicom raises many kinds on garbage; all mean "unreadable"
         raise ImageError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from e
     if "PixelData" not in ds:
@@ -643,12 +726,14 @@ def frontal_images(study: Study) -> list[Image]:
 __all__ = [
     "FRONTAL_VIEWS",
     "ImageError",
+    "ImageTooLarge",
     "LetterboxTransform",
     "LoadResult",
     "frontal_images",
     "is_frontal",
     "load_image",
     "load_images",
+    "read_image_bytes",
     "resize",
     "resize_letterbox",
 ]

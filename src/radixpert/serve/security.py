@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import io
 import ipaddress
 import json
 import re
@@ -34,7 +33,6 @@ _DATA_URL = re.compile(
     r"(?P<b64>;base64)?,",
     re.IGNORECASE,
 )
-_DICM_OFFSET = 128
 
 
 class RequestRejected(Exception):
@@ -216,86 +214,18 @@ def image_bytes(url: str, limits: ImageLimits, param: str) -> bytes:
 def decode_image(url: str, limits: ImageLimits, param: str = "image") -> np.ndarray:
     """A request's image as a 2-D float32 array in [0, 1] (see the module docstring).
 
+    Decoded by ``radixpert.data.images.read_image_bytes`` (the same intensity rules as for
+    files), which refuses an image whose header declares over ``limits.max_pixels`` pixels
+    before decoding it.
+
     Raises:
         RequestRejected: 400 (not an image, a remote URL, a decompression bomb, corrupt data)
             or 413 (too many bytes).
     """
+    from radixpert.data.images import read_image_bytes
+
     data = image_bytes(url, limits, param)
     try:
-        if data[_DICM_OFFSET : _DICM_OFFSET + 4] == b"DICM":
-            arr = _decode_dicom(data, limits, param)
-        else:
-            arr = _decode_raster(data, limits, param)
+        return read_image_bytes(data, name=param, max_pixels=limits.max_pixels)
     except ImageError as e:
-        raise RequestRejected(400, f"{param}: {e}", param=param) from None
-    return np.ascontiguousarray(np.clip(arr, 0.0, 1.0).astype(np.float32))
-
-
-def _too_many(param: str, pixels: int, limits: ImageLimits) -> RequestRejected:
-    return RequestRejected(
-        400,
-        f"{param}: the image declares {pixels} pixels, over the limit of {limits.max_pixels} "
-        "(refused before decoding: a decompression-bomb guard)",
-        param=param,
-    )
-
-
-def _decode_raster(data: bytes, limits: ImageLimits, param: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    from radixpert.data.images import _raster_to_gray
-
-    try:
-        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as im:
-            width, height = im.size  # from the header: nothing is decoded yet
-            if width * height > limits.max_pixels:
-                raise _too_many(param, width * height, limits)
-            im.load()
-            return _raster_to_gray(im, param)
-    except UnidentifiedImageError:
-        raise RequestRejected(
-            400, f"{param}: not a PNG, JPEG or DICOM image", param=param
-        ) from None
-    except Image.DecompressionBombError as e:
-        raise RequestRejected(400, f"{param}: {e}", param=param) from None
-    except (OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, ImageError):
-            raise
-        raise RequestRejected(
-            400, f"{param}: corrupt or truncated image ({e})", param=param
-        ) from None
-
-
-class _NamedBytes(io.BytesIO):
-    """In-memory DICOM bytes whose name (in error messages) is the request field."""
-
-    def __init__(self, data: bytes, name: str) -> None:
-        super().__init__(data)
-        self._label = name
-
-    def __str__(self) -> str:
-        return self._label
-
-    def __format__(self, spec: str) -> str:
-        return self._label
-
-
-def _decode_dicom(data: bytes, limits: ImageLimits, param: str) -> np.ndarray:
-    import pydicom
-
-    from radixpert.data.images import _load_dicom
-
-    try:
-        head = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        rows, cols = int(head.get("Rows") or 0), int(head.get("Columns") or 0)
-        frames = int(head.get("NumberOfFrames") or 1)
-        samples = int(head.get("SamplesPerPixel") or 1)
-    except Exception as e:  # pydicom raises many kinds on garbage
-        raise RequestRejected(
-            400, f"{param}: not a readable DICOM file ({type(e).__name__})", param=param
-        ) from None
-    pixels = rows * cols * max(frames, 1) * max(samples, 1)
-    if pixels > limits.max_pixels:
-        raise _too_many(param, pixels, limits)
-    # The same reader as for files (rescale, VOI, MONOCHROME1), on the bytes in memory.
-    return _load_dicom(_NamedBytes(data, param), None)  # type: ignore[arg-type]
+        raise RequestRejected(400, str(e), param=param) from None
