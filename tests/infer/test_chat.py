@@ -30,30 +30,21 @@ from radixpert.infer.chat import ChatSession, run_repl
 from radixpert.infer.grounding import parse_grounding
 from radixpert.instruct.conversation import Conversation
 from radixpert.instruct.tasks import DetectionTask, GroundingTask, parse_boxes
+from tests.fitted import fit_llava
 
 
 def _strip_image(question: str) -> str:
     return question.removeprefix("<image>\n")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """One torch thread: on two shared cores several times faster for a model this small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A bundle that answers one phantom's grounding and detection questions with its boxes."""
     from radixpert.data.phantoms import generate_phantoms
-    from radixpert.infer.generate import generate_answers
     from radixpert.models.bundle import save_bundle
-    from radixpert.models.llava import demo_llava
-    from radixpert.models.processor import RadProcessor
-    from radixpert.models.tokenizers import train_tokenizers
 
     root = tmp_path_factory.mktemp("chat")
     studies = generate_phantoms(16, root / "ph", size=64)
@@ -77,26 +68,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     other = next(s for s in studies if s.id != study)
     image = root / "ph" / grounding.image[0]
 
-    torch.manual_seed(0)
-    model = demo_llava("mlp")
-    tokenizer, _ = train_tokenizers(model, [t["value"] for c in convs for t in c.conversations])
-    processor = RadProcessor.from_model(model, tokenizer)
-    batch = processor([[image], [image]], [grounding.conversations, detection.conversations])
-    optimiser = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    model.train()
-    for _ in range(150):
-        loss = model(**batch).loss
-        loss.backward()
-        optimiser.step()
-        optimiser.zero_grad()
-        if loss.item() < 0.03:
-            break
-    model.eval()
-    prompts = [{"image": [str(image)], "conversations": c.conversations[:1]}
-               for c in (grounding, detection)]  # fmt: skip
-    answers = generate_answers(model, processor, prompts, progress=False, max_new_tokens=40)
+    model, processor = fit_llava(
+        image,
+        [grounding.conversations, detection.conversations],
+        vocabulary=[t["value"] for c in convs for t in c.conversations],
+        max_steps=150,
+        max_new_tokens=40,
+    )
     wanted = [grounding.conversations[1]["value"], detection.conversations[1]["value"]]
-    assert answers == wanted, f"the model did not learn the boxes (loss {loss.item():.3f})"
     bundle = save_bundle(model, processor, root / "bundle")
     return {
         "bundle": bundle,

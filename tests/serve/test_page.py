@@ -34,6 +34,7 @@ from fastapi.testclient import TestClient
 
 from radixpert.serve.app import REPORT_PROMPT, ServeSettings, create_app
 from radixpert.serve.security import ImageLimits, decode_image
+from tests.fitted import fit_llava
 from tests.serve import png_data_url, served_models
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -42,15 +43,7 @@ XSS = ' <img src=x onerror="document.title=1">'
 SVG_NS = "http://www.w3.org/2000/svg"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """One torch thread: on two shared cores several times faster for models this small."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -206,15 +199,9 @@ def test_report_attention_of_a_generated_report_and_refusals(registry: Any) -> N
 def answering(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A bundle whose greedy answers are a phantom's findings (to the report prompt) and the
     builders' box (to the grounding question that follows), fitted for seconds."""
-    import torch
-
     from radixpert.data.phantoms import generate_phantoms
-    from radixpert.infer.generate import generate_answers
     from radixpert.instruct.tasks import GroundingTask
     from radixpert.models.bundle import save_bundle
-    from radixpert.models.llava import demo_llava
-    from radixpert.models.processor import RadProcessor
-    from radixpert.models.tokenizers import train_tokenizers
 
     root = tmp_path_factory.mktemp("page")
     studies = generate_phantoms(8, root / "ph", size=64)
@@ -231,26 +218,9 @@ def answering(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         grounding.conversations[1],
     ]
     image = root / "ph" / grounding.image[0]
-    torch.manual_seed(0)
-    model = demo_llava("mlp")
-    texts = [t["value"] for c in convs for t in c.conversations] + [report, REPORT_PROMPT] * 3
-    tokenizer, _ = train_tokenizers(model, texts)
-    processor = RadProcessor.from_model(model, tokenizer)
-    batch = processor([[image]], [turns])
-    optimiser = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    model.train()
-    for _ in range(250):
-        loss = model(**batch).loss
-        loss.backward()
-        optimiser.step()
-        optimiser.zero_grad()
-        if loss.item() < 0.03:
-            break
-    model.eval()
-    prompts = [{"image": [str(image)], "conversations": turns[:k]} for k in (1, 3)]
-    answers = generate_answers(model, processor, prompts, progress=False, max_new_tokens=80)
+    vocabulary = [t["value"] for c in convs for t in c.conversations] + [report, REPORT_PROMPT] * 3
+    model, processor = fit_llava(image, [turns], vocabulary=vocabulary)
     wanted = [report, turns[3]["value"]]
-    assert answers == wanted, f"the model did not learn its answers (loss {loss.item():.3f})"
     return {
         "bundle": save_bundle(model, processor, root / "bundle"),
         "image": image,
