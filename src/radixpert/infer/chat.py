@@ -14,16 +14,18 @@ training, ``radixpert generate`` and the server use: the first question carries 
 (``"<image>\\n..."``, as in the instruction sets) and every later question is asked with all
 earlier turns before it. Answers come from ``infer.generate.generate_answers`` (greedy unless
 sampling settings are given); ``stream`` runs it in a thread and yields the text as
-transformers' ``TextIteratorStreamer`` releases it. Loading another image starts a new
-conversation: the models are trained on one image per conversation, and earlier answers
-describe the old image. Boxes in an answer (``[x1, y1, x2, y2]`` in 0-1) are parsed and
-validated by ``infer.grounding``. Nothing leaves the machine.
+``infer.generate.answer_streamer`` releases it (the server streams with the same one).
+Loading another image starts a new conversation: the models are trained on one image per
+conversation, and earlier answers describe the old image. Boxes in an answer
+(``[x1, y1, x2, y2]`` in 0-1) are parsed and validated by ``infer.grounding``. Nothing leaves
+the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import sys
 import tempfile
 import threading
@@ -281,36 +283,30 @@ class ChatSession:
             yield from self._stream(prompt, settings)
 
     def _stream(self, prompt: Conversation, settings: dict[str, Any]) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from radixpert.infer.generate import answer_streamer, cancel_when
 
         stop = threading.Event()
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
-
-        streamer = TextIteratorStreamer(
-            self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True
-        )
-        criteria = StoppingCriteriaList([*settings.pop("stopping_criteria", []), Cancelled()])
+        pieces: queue.Queue[Any] = queue.Queue()
+        done = object()
+        streamer = answer_streamer(self.processor.tokenizer, pieces.put)
         result: dict[str, Any] = {}
 
         def work() -> None:
             try:
                 result["answer"] = self._generate(
-                    prompt, {**settings, "streamer": streamer, "stopping_criteria": criteria}
+                    prompt,
+                    {**settings, "streamer": streamer, "stopping_criteria": cancel_when([stop])},
                 )
             except BaseException as e:  # re-raised in the caller's thread
                 result["error"] = e
-                streamer.end()
+            finally:
+                pieces.put(done)
 
         thread = threading.Thread(target=work, name=f"chat-{self.id}", daemon=True)
         thread.start()
         try:
-            for piece in streamer:
-                if piece:
-                    yield piece
+            while (piece := pieces.get()) is not done:
+                yield piece
         finally:
             if thread.is_alive():
                 stop.set()  # the consumer left early

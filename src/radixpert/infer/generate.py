@@ -18,7 +18,8 @@ decoder). Batches are sorted by prompt length to pad little; answers come back i
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,14 @@ from radixpert.instruct.conversation import images_and_turns
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_decoding", "generate_answers", "generate_batch", "prompt_turns"]
+__all__ = [
+    "answer_streamer",
+    "cancel_when",
+    "check_decoding",
+    "generate_answers",
+    "generate_batch",
+    "prompt_turns",
+]
 
 
 def prompt_turns(turns: Sequence[dict[str, str]]) -> list[dict[str, str]]:
@@ -37,6 +45,47 @@ def prompt_turns(turns: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     if last is None:
         raise ValueError("a conversation without a human turn has nothing to answer")
     return [dict(t) for t in turns[: last + 1]]
+
+
+def answer_streamer(tokenizer: Any, emit: Callable[[str], None]) -> Any:
+    """A transformers streamer that hands each finalised piece of an answer to ``emit``.
+
+    Built on ``TextIteratorStreamer`` (prompt and special tokens skipped, text released at
+    word boundaries), with the answer's outer whitespace removed as ``generate_batch`` strips
+    an answer: the pieces join to exactly the answer ``generate_batch`` returns. The chat
+    session's ``stream`` and the server's streaming both use it.
+    """
+    from transformers import TextIteratorStreamer
+
+    class AnswerStreamer(TextIteratorStreamer):
+        def __init__(self) -> None:
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self._started, self._held = False, ""
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if not self._started:
+                text = text.lstrip()
+                self._started = bool(text)
+            text = self._held + text
+            body = text.rstrip()
+            self._held = text[len(body) :]  # trailing whitespace waits for more text
+            if body:
+                emit(body)
+
+    return AnswerStreamer()
+
+
+def cancel_when(flags: Sequence[threading.Event]) -> Any:
+    """``stopping_criteria`` for ``generate`` that ends row ``i`` once ``flags[i]`` is set
+    (a client gone, a stream closed early)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = [f.is_set() for f in flags]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Cancelled()])
 
 
 STATIC_CACHE_FAMILIES = ("llava", "mllama", "llava_onevision")

@@ -3,7 +3,7 @@
     registry = ModelRegistry.load(["runs/demo/model/04-msa3/bundle", "base=export/base"])
     served = registry.get("bundle")
     results = served.generate(requests, settings)          # one model.generate call
-    served.stream(request, settings, emit)                 # TextIteratorStreamer, batch of 1
+    served.stream(request, settings, emit)                 # answer_streamer, batch of 1
 
 A request is a ``Conversation`` (the project's ShareGPT record, ``instruct.conversation``) cut
 at its last human turn plus its decoded images; ``conversation_from_messages`` turns an
@@ -14,7 +14,6 @@ decoded with special tokens skipped, stripped; greedy unless a temperature is gi
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import re
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from radixpert.errors import UsageError
-from radixpert.infer.generate import prompt_turns
+from radixpert.infer.generate import answer_streamer, cancel_when, prompt_turns
 from radixpert.instruct.conversation import IMAGE_TOKEN, Conversation
 from radixpert.serve.security import RequestRejected
 
@@ -255,20 +254,6 @@ class ServedModel:
             out.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         return out
 
-    def _stopping(self, flags: list[threading.Event]) -> Any:
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        torch = self._torch
-
-        class _Cancelled(StoppingCriteria):
-            """Ends the rows whose client has gone away."""
-
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                done = [f.is_set() for f in flags]
-                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-        return StoppingCriteriaList([_Cancelled()])
-
     def _choice(self, ids: Any, limit: int) -> Choice:
         ids = ids.tolist()
         end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
@@ -290,7 +275,7 @@ class ServedModel:
                 new = out[:, 1:]
             else:
                 out = self.model.generate(
-                    **batch, stopping_criteria=self._stopping(flags), **self._settings(sampling)
+                    **batch, stopping_criteria=cancel_when(flags), **self._settings(sampling)
                 )
                 new = out[:, batch["input_ids"].shape[1] :]
         results, row = [], 0
@@ -304,8 +289,8 @@ class ServedModel:
         self, request: Request, sampling: Sampling, emit: Callable[[int, str], None]
     ) -> Result:
         """Generates ``request``'s answers one at a time, calling ``emit(index, text)`` with
-        each piece of text as ``TextIteratorStreamer`` finalises it; the pieces of a choice
-        join to its ``Choice.text``. Returns the usage and finish reasons."""
+        each piece of text as ``infer.generate.answer_streamer`` finalises it; the pieces of a
+        choice join to its ``Choice.text``. Returns the usage and finish reasons."""
         if self.family == "radscribe":  # its own greedy decoder has no streamer: one piece
             result = self.generate([request], sampling)[0]
             for i, c in enumerate(result.choices):
@@ -314,7 +299,7 @@ class ServedModel:
         single = Request(request.conversation, request.images, 1, request.cancelled)
         choices, prompt = [], 0
         for index in range(request.n):
-            streamer = _streamer_class()(self.tokenizer, lambda t, i=index: emit(i, t))
+            streamer = answer_streamer(self.tokenizer, lambda t, i=index: emit(i, t))
             with self._torch.no_grad():
                 batch, lengths = self._batch([single])
                 settings = self._settings(sampling)
@@ -323,7 +308,7 @@ class ServedModel:
                 out = self.model.generate(
                     **batch,
                     streamer=streamer,
-                    stopping_criteria=self._stopping([request.cancelled]),
+                    stopping_criteria=cancel_when([request.cancelled]),
                     **settings,
                 )
             prompt = lengths[0]
@@ -332,31 +317,6 @@ class ServedModel:
             if request.cancelled.is_set():
                 break
         return Result(choices, prompt)
-
-
-@functools.cache
-def _streamer_class() -> type:
-    from transformers import TextIteratorStreamer
-
-    class Streamer(TextIteratorStreamer):
-        """TextIteratorStreamer whose finalised text goes to a callback instead of its queue,
-        with the answer's outer whitespace removed as ``generate``'s ``strip()`` removes it."""
-
-        def __init__(self, tokenizer: Any, emit: Callable[[str], None]) -> None:
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self._emit, self._started, self._held = emit, False, ""
-
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if not self._started:
-                text = text.lstrip()
-                self._started = bool(text)
-            text = self._held + text
-            body = text.rstrip()
-            self._held = text[len(body) :]  # trailing whitespace waits for more text
-            if body:
-                self._emit(body)
-
-    return Streamer
 
 
 class ModelRegistry:
