@@ -71,6 +71,12 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "field, else findings + impression)",
     )
     p.add_argument(
+        "--split",
+        default=None,
+        help="only the references of this split (their split field, as in a Study file; "
+        "radixpert generate --split answers one split)",
+    )
+    p.add_argument(
         "--allow-missing",
         action="store_true",
         help="score the common ids when some ids are on one side only",
@@ -149,6 +155,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     opts = EvaluationOptions(
         metrics=args.metrics or list(registry.DEFAULT),
         section=args.section,
+        split=args.split,
         allow_missing=args.allow_missing,
         bootstrap=args.bootstrap,
         seed=args.seed,

@@ -216,3 +216,39 @@ def test_reference_never_read_from_a_model_output(tmp_path):
     with pytest.raises(InputError, match="read only on the --candidates side"):
         read_reports(p, role="references")
     assert read_reports(p, role="candidates").texts == {"a": "x", "b": "y"}
+
+
+def test_split_keeps_one_split_of_a_study_file(tmp_path):
+    studies = [
+        {"id": "a", "split": "train", "findings": "Clear lungs."},
+        {"id": "b", "split": "test", "findings": "Small left effusion."},
+        {"id": "c", "split": "test", "findings": "No pneumothorax."},
+    ]
+    path = write(tmp_path, "studies.jsonl", "\n".join(json.dumps(s) for s in studies))
+    refs = read_reports(path, "findings", role="references", split="test")
+    assert refs.texts == {"b": "Small left effusion.", "c": "No pneumothorax."}
+    assert refs.notes == ["split 'test': 2 of 3 records"]
+    with pytest.raises(InputError, match=r"studies\.jsonl: no record of split 'validate'"):
+        read_reports(path, "findings", split="validate")
+    flat = write(tmp_path, "flat.json", {"b": "x"})
+    with pytest.raises(InputError, match=r"flat\.json.*no split field"):
+        read_reports(flat, split="test")
+
+
+def test_split_from_the_command_line(tmp_path, capsys):
+    from radixpert.cli import main
+
+    studies = [
+        {"id": "a", "split": "train", "findings": "Clear lungs."},
+        {"id": "b", "split": "test", "findings": "Small left pleural effusion."},
+    ]
+    refs = write(tmp_path, "studies.jsonl", "\n".join(json.dumps(s) for s in studies))
+    cands = write(tmp_path, "preds.json", {"b": {"findings": "Small left pleural effusion."}})
+    out = tmp_path / "results.json"
+    argv = ["evaluate", "-r", str(refs), "-c", str(cands), "--section", "findings", "-m", "bleu"]
+    assert main([*argv, "--bootstrap", "0"]) == 2  # 'a' has no prediction
+    assert "only in the references" in capsys.readouterr().err
+    assert main([*argv, "--split", "test", "--bootstrap", "0", "-o", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["pairs"] == 1 and results["split"] == "test"
+    assert results["metrics"]["bleu-1"]["aggregate"] == pytest.approx(1.0)

@@ -163,7 +163,9 @@ def _records_json(path: Path, obj: Any) -> Iterator[tuple[str, dict[str, Any] | 
         )
 
 
-def read_reports(path: str | Path, section: str = "auto", role: str = "any") -> Reports:
+def read_reports(
+    path: str | Path, section: str = "auto", role: str = "any", split: str | None = None
+) -> Reports:
     """Read one report file; see the module docstring for the layouts.
 
     Args:
@@ -172,6 +174,9 @@ def read_reports(path: str | Path, section: str = "auto", role: str = "any") -> 
             "findings", "impression" or "findings+impression".
         role: "references" (gold text only), "candidates" (a model-output field first,
             scored whole) or "any".
+        split: Keep only the records whose ``split`` field is this (a Study file holds every
+            split; ``radixpert generate --split`` answers one). Records without the field are
+            an error then; how many were left out is in ``notes``.
 
     Raises:
         InputError: missing file, undecodable bytes, wrong shape, missing fields,
@@ -233,6 +238,19 @@ def read_reports(path: str | Path, section: str = "auto", role: str = "any") -> 
                 )
             items.append((row[id_col], row, f"{path}: line {n}, id {row[id_col]!r}"))
 
+    notes: list[str] = []
+    if split is not None:
+        kept = []
+        for rid, rec, where in items:
+            value = None if isinstance(rec, str) else rec.get("split")
+            if value is None:
+                raise InputError(f"{where}: no split field (--split {split} needs one per record)")
+            if str(value) == split:
+                kept.append((rid, rec, where))
+        if not kept:
+            raise InputError(f"{path}: no record of split {split!r}")
+        notes.append(f"split {split!r}: {len(kept)} of {len(items)} records")
+        items = kept
     texts: dict[str, str] = {}
     dupes: list[str] = []
     for rid, rec, where in items:
@@ -251,7 +269,7 @@ def read_reports(path: str | Path, section: str = "auto", role: str = "any") -> 
         )
     if not texts:
         raise InputError(f"{path}: no records")
-    return Reports(path, texts, fmt, section, hashlib.sha256(data).hexdigest())
+    return Reports(path, texts, fmt, section, hashlib.sha256(data).hexdigest(), notes)
 
 
 @dataclass

@@ -41,6 +41,7 @@ LONG_REPORT_WORDS = 512  # beyond this, model-based metrics see a truncated repo
 class EvaluationOptions:
     metrics: list[str] = field(default_factory=lambda: list(registry.DEFAULT))
     section: str = "auto"
+    split: str | None = None  # only the references of this split (a Study file's field)
     allow_missing: bool = False
     bootstrap: int = 500
     seed: int = 0
@@ -136,8 +137,10 @@ def evaluate(
     progress: TextIO | None = None,
 ) -> dict[str, Any]:
     """Read, pair and score; returns the results document (see the module docstring)."""
-    refs = read_reports(references, opts.section, role="references")
+    refs = read_reports(references, opts.section, role="references", split=opts.split)
     cands = read_reports(candidates, opts.section, role="candidates")
+    for note in refs.notes:
+        _progress(progress, f"note: references {note}")
     pairs = pair_reports(refs, cands, opts.allow_missing)
     if pairs.only_references or pairs.only_candidates:
         _progress(
@@ -178,6 +181,7 @@ def evaluate(
             for side, r in (("references", refs), ("candidates", cands))
         },
         "section": opts.section,
+        "split": opts.split,
         "pairs": len(pairs.ids),
         "unmatched": {
             "only_references": {"count": len(pairs.only_references), "ids": pairs.only_references},
