@@ -209,7 +209,10 @@ def load_bundle(path: str | Path, **kwargs: Any) -> tuple[Any, RadProcessor]:
     if manifest["adapters"] == "separate":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, path / ADAPTER_DIR)
+        from radixpert.models.trainability import peft_quietly
+
+        with peft_quietly():
+            model = PeftModel.from_pretrained(model, path / ADAPTER_DIR)
     model.eval()
     processor = RadProcessor.from_pretrained(path)
     if processor.config.family != "radscribe":

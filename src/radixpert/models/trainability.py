@@ -27,10 +27,12 @@ wrapper, so the same component prefixes serve both.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 from radixpert._optional import missing, require
@@ -375,7 +377,20 @@ def _add_lora(
         pattern = _component_lora_regex(s, component_prefixes[comp], model)
         if not any(re.fullmatch(pattern, n) for n in module_names):
             raise ValueError(f"LoRA on {comp!r}: no module named {s.target_modules} in it")
-    return get_peft_model(model, config, adapter_name=ADAPTER_NAME)
+    with peft_quietly():
+        return get_peft_model(model, config, adapter_name=ADAPTER_NAME)
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Silences the one FutureWarning peft 0.21 triggers in transformers 5 on every wrap
+    (it reads ``is_gradient_checkpointing``, deprecated for ``is_activation_checkpointing``):
+    the user can do nothing about it. Every other warning passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def next_stage(
