@@ -10,6 +10,9 @@ writes them as JSON. ``--all-aggregations`` does it for every heads x layers cho
 ``radixpert explain``; ``--tower-probe`` asks the same question of the vision tower's patch
 tokens (does a token's distance from its position's usual token peak in the box?), to tell a
 tower that does not see where the finding is from a language model that does not look there.
+Each measurement is made for the phrase itself and for the sentence that names the finding
+(the phrase with its laterality and size words: the words the image decides, where the noun
+itself often follows from the words before it).
 Usage::
 
     radixpert demo --out runs/demo                              # the demo's full training
@@ -77,16 +80,27 @@ def _named_findings(phantoms: Path) -> Iterator[tuple[Any, Any, str]]:
                 yield study, box, phrase
 
 
+def _sentence(result: Any, report: str, phrase: str) -> Any:
+    """The sentence map (``Explanation.sentence_maps``) of the sentence that names the
+    finding first: the phrase with its laterality, size and severity words."""
+    at = report.lower().find(phrase)
+    return next(
+        span
+        for span in reversed(result.sentence_maps)
+        if span.start <= at  # the last sentence that starts before the phrase holds it
+    )
+
+
 def ratios(
     bundle: Path, phantoms: Path, aggregations: list[tuple[str, str]], limit: int | None = None
 ) -> dict[str, list[tuple[str, float]]]:
-    """Per aggregation ("heads/layers"): (finding, density inside its box / outside) per
-    held-out named finding."""
+    """Per span ("phrase" or "sentence") and aggregation ("heads/layers"): (finding, density
+    inside its box / outside) per held-out named finding."""
     from radixpert.infer.attention import box_densities, explain, project
     from radixpert.models.bundle import load_bundle
 
     model, processor = load_bundle(bundle)
-    out: dict[str, list[tuple[str, float]]] = {f"{h}/{la}": [] for h, la in aggregations}
+    out: dict[str, list[tuple[str, float]]] = {}
     for k, (study, box, phrase) in enumerate(_named_findings(phantoms)):
         if limit is not None and k >= limit:
             break
@@ -98,10 +112,15 @@ def ratios(
             span = result.phrase_maps[0]
             if not span.tokens:
                 raise RuntimeError(f"{study.id}: phrase {phrase!r} not found in its report")
-            inside, outside = box_densities(
-                project(span.grid, result.geometry), (box.x1, box.y1, box.x2, box.y2)
-            )
-            out[f"{heads}/{layers}"].append((box.label, inside / outside))
+            grids = {
+                "phrase": span.grid,
+                "sentence": _sentence(result, study.findings, phrase).grid,
+            }
+            for name, grid in grids.items():
+                inside, outside = box_densities(
+                    project(grid, result.geometry), (box.x1, box.y1, box.x2, box.y2)
+                )
+                out.setdefault(f"{name} {heads}/{layers}", []).append((box.label, inside / outside))
     return out
 
 
@@ -189,7 +208,7 @@ def main() -> None:
         **source,
         "bundle": str(bundle),
         "reports": "teacher-forced true reports",
-        **_summary(maps["mean/max"]),  # the default: mean over heads, max over layers
+        **_summary(maps["phrase mean/max"]),  # the default: mean over heads, max over layers
         "by_aggregation": {k: _summary(v) for k, v in maps.items()},
     }
     if args.tower_probe:

@@ -111,6 +111,34 @@ def test_llava_maps_are_the_attention_on_the_image_tokens(llava, image) -> None:
     assert model.config._attn_implementation == "sdpa"  # restored
 
 
+def test_sentence_maps_hold_each_finding_with_its_words(llava, image) -> None:
+    model, processor = llava
+    report = "heart size is normal. there is a small left pleural effusion. no pneumothorax"
+    result = explain(model, processor, image, report=report)
+    assert result.report == report  # the tokenizer spells it back whole
+    texts = [s.text for s in result.sentence_maps]
+    assert texts == ["heart size is normal.", "there is a small left pleural effusion.",
+                     "no pneumothorax"]  # fmt: skip
+    words = result.word_maps
+    for sentence in result.sentence_maps:
+        inside = [
+            w for w in words if sentence.start <= w.start < sentence.start + len(sentence.text)
+        ]
+        assert " ".join(w.text for w in inside) == sentence.text.rstrip(".")
+        tokens = [t for w in inside for t in w.tokens]
+        assert sentence.tokens == tokens
+        np.testing.assert_allclose(sentence.grid, result.token_maps[tokens].mean(axis=0))
+
+
+def test_sentences_end_at_a_stop_before_space_not_at_a_decimal_point() -> None:
+    from radixpert.infer.attention import _SENTENCE
+
+    text = "Heart enlarged (ratio 0.66). Is it? Yes!\nNo pneumothorax"
+    assert [m.group(0) for m in _SENTENCE.finditer(text)] == [
+        "Heart enlarged (ratio 0.66).", "Is it?", "Yes!", "No pneumothorax",
+    ]  # fmt: skip
+
+
 def test_aggregation_choices(llava, image) -> None:
     model, processor = llava
     runs = {
@@ -218,6 +246,9 @@ def test_explain_command_writes_overlays_sheet_and_maps(llava, image, tmp_path: 
     assert maps.shape == (len(summary["tokens"]), 4, 4)
     grids = json.loads((out / "maps.json").read_text())
     assert len(grids["words"]) == len(REPORT_WORDS) and grids["grid"] == [4, 4]
+    assert [s["text"] for s in summary["sentences"]] == [REPORT]
+    assert (out / summary["sentences"][0]["file"]).is_file()
+    assert grids["sentences"][0]["text"] == REPORT
     # Bad input is named.
     assert main(["explain", "--model", str(tmp_path), "--image", str(picture)]) == 2
     assert main(["explain", "--model", str(bundle), "--image", str(tmp_path / "no.png")]) == 2

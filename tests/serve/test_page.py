@@ -152,6 +152,8 @@ def test_report_attention_is_explain_of_the_report(registry: Any) -> None:
         ("report", report, True),
         ("phrase", "pleural effusion", True),
         ("phrase", "pneumothorax", False),
+        ("sentence", "there is a small left pleural effusion.", True),
+        ("sentence", "the lungs are clear.", True),
     ]
     assert "overlay" not in att["maps"][2]
     direct = explain(
@@ -167,6 +169,8 @@ def test_report_attention_is_explain_of_the_report(registry: Any) -> None:
     assert _png(att["maps"][0]["overlay"]).shape == (32, 40, 3)
     assert np.array_equal(_png(att["maps"][0]["overlay"]), whole)
     assert np.array_equal(_png(att["maps"][1]["overlay"]), phrase)
+    first = np.asarray(overlay(direct.image, direct.sentence_maps[0].grid, direct.geometry))
+    assert np.array_equal(_png(att["maps"][3]["overlay"]), first)
     assert not np.array_equal(whole, phrase)
     assert att["maps"][0]["image_mass"] == pytest.approx(float(np.mean(direct.image_mass)))
 
@@ -287,6 +291,7 @@ def test_page_in_a_real_browser(
     browser: Any, server: Any, answering: dict[str, Any], tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     from radixpert.infer.grounding import parse_grounding
 
@@ -368,10 +373,17 @@ def test_page_in_a_real_browser(
     assert d.execute_script("return arguments[0].naturalWidth", overlay) == 64
     assert "mean over heads, max over layers" in text_of("attention-info")
     options = d.find_elements(By.CSS_SELECTOR, "#attention-choice option")
+    sentences = options[2:]  # then one map per sentence of the report
     assert [o.get_attribute("disabled") is None for o in options] == [
         True,
         answering["phrase"].lower() in answering["report"].lower(),
-    ]
+    ] + [True] * len(sentences)
+    assert len(sentences) >= 2 and all(o.text.startswith("sentence: ") for o in sentences)
+    first = sentences[0].text.removeprefix("sentence: ")
+    assert answering["report"].startswith(first)
+    Select(by_id("attention-choice")).select_by_index(2)
+    _wait(lambda: overlay.get_attribute("data-map") == first, 10, "the sentence's overlay")
+    Select(by_id("attention-choice")).select_by_index(0)
     shot = tmp_path / "radixpert-page.png"
     assert d.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     if os.environ.get("RADIXPERT_TEST_ARTIFACTS"):

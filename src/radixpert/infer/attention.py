@@ -32,9 +32,13 @@ Aggregation (recorded in ``explain.json``): per layer the mean over heads (``--h
 largest head), then over layers the max (as LLaVA-Rad's analysis; ``--layers mean`` or
 ``last``). A word is the tokens whose characters overlap it (words: runs of letters and digits,
 with inner ``'`` or ``-``; special tokens belong to none) and its map the mean of their maps; a
-phrase's map is the mean over the tokens of all its words, at every place it occurs. Grids keep
-the raw attention weights (with ``--heads mean --layers last|mean`` the cells of a grid sum to
-the attention mass on the mapped image tokens, at most 1).
+phrase's map is the mean over the tokens of all its words, at every place it occurs; a
+sentence's (ended by ``.``, ``!`` or ``?`` before white space, or by a line break) the mean
+over its words' tokens. Sentences are mapped because a finding's place shows in the words the
+image decides (its side, size, severity: "Right pleural effusion, small."), while its noun
+often follows from the words before it. Grids keep the raw attention weights (with ``--heads
+mean --layers last|mean`` the cells of a grid sum to the attention mass on the mapped image
+tokens, at most 1).
 
 Geometry: the map covers the processed canvas (the letterboxed square, or mllama's tiled
 canvas); it is upsampled bilinearly to the canvas, the padding cropped away, and the content
@@ -80,6 +84,9 @@ HEADS: tuple[str, ...] = ("mean", "max")
 LAYERS: tuple[str, ...] = ("max", "mean", "last")
 DEFAULT_PROMPT = "Write the findings of the radiology report for this chest X-ray."
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['\-][A-Za-z0-9]+)*")
+# A sentence ends at . ! or ? followed by white space or the end (not the point of "0.66"), or
+# at a line break.
+_SENTENCE = re.compile(r"\S.*?(?:[.!?](?=\s|$)|(?=\n)|$)", re.S)
 # Anchors of matplotlib's "inferno" (black - purple - orange - pale yellow), interpolated.
 _INFERNO = np.array(
     [
@@ -147,6 +154,11 @@ class Explanation:
             layers is given).
         word_maps: One ``Span`` per word, in order.
         phrase_maps: One ``Span`` per requested phrase (empty ``tokens`` if not in the report).
+        sentence_maps: One ``Span`` per sentence, in order: a finding with its laterality, size
+            and severity words ("Right pleural effusion, small."). Those words are the ones
+            the image decides, while a finding's noun often follows from the words before it,
+            so the sentence's map is the better picture of where a finding was seen
+            (``benchmarks/attention_in_box.py``).
         geometry: How the grid lies on the image.
         aggregation: The settings used, as written to ``explain.json``.
         family: The model family.
@@ -161,6 +173,7 @@ class Explanation:
     image_mass: list[float]
     word_maps: list[Span]
     phrase_maps: list[Span]
+    sentence_maps: list[Span]
     geometry: Geometry
     aggregation: dict[str, str]
     family: str
@@ -509,6 +522,12 @@ def explain(
         phrase_maps.append(
             Span(phrase, toks, token_maps[toks].mean(axis=0) if toks else empty, start)
         )
+    sentence_maps = []
+    for m in _SENTENCE.finditer(text):
+        toks = [t for _, start, ts in words if m.start() <= start < m.end() for t in ts]
+        if toks:
+            sentence_maps.append(Span(m.group(0).strip(), toks, token_maps[toks].mean(axis=0),
+                                      m.start()))  # fmt: skip
     return Explanation(
         report=text.strip(),
         generated=generated,
@@ -518,6 +537,7 @@ def explain(
         image_mass=[float(m) for m in mass],
         word_maps=word_maps,
         phrase_maps=phrase_maps,
+        sentence_maps=sentence_maps,
         geometry=_geometry(processor, gray, grid, note, layout),
         aggregation={
             "heads": heads,
@@ -525,6 +545,7 @@ def explain(
             "query": "the position before each token (the step that generated it)",
             "word": "mean over the word's tokens",
             "phrase": "mean over the tokens of all its words, every occurrence",
+            "sentence": "mean over the tokens of its words",
             "overlay": "map scaled to its maximum; inferno colormap, opacity with attention",
         },
         family=family,
@@ -626,6 +647,13 @@ def box_densities(heat: np.ndarray, box: Sequence[float]) -> tuple[float, float]
 # --------------------------------------------------------------------------------------------
 
 
+def _shorten(text: str, most: int = 28) -> str:
+    """A sheet label: the text, cut at a word with an ellipsis when longer than ``most``."""
+    if len(text) <= most:
+        return text
+    return text[: most - 1].rsplit(" ", 1)[0] + "\u2026"
+
+
 def _slug(text: str, used: set[str]) -> str:
     base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "token"
     name, k = base, 2
@@ -651,9 +679,10 @@ def write_explanation(
     The folder is written aside and renamed into place when complete (``io.atomic_dir``).
 
     Layout: ``words/NN-word.png`` (one per word, in report order), ``phrases/phrase.png``,
-    ``sheet.png`` (phrases first, then the words), ``token_maps.npy`` (tokens, rows, columns),
-    ``maps.json`` (every word's and phrase's grid) and ``explain.json`` (report, tokens,
-    aggregation, geometry, files, per word its tokens and image mass).
+    ``sentences/NN-sentence.png``, ``sheet.png`` (phrases first, then sentences, then words),
+    ``token_maps.npy`` (tokens, rows, columns), ``maps.json`` (every word's, phrase's and
+    sentence's grid) and ``explain.json`` (report, tokens, aggregation, geometry, files, per
+    word, phrase and sentence its tokens and image mass).
 
     Returns:
         The ``explain.json`` content.
@@ -704,6 +733,26 @@ def write_explanation(
                 sheet_images.insert(len(phrase_entries), img)
                 sheet_labels.insert(len(phrase_entries), f'"{span.text}"')
             phrase_entries.append(entry)
+        sentence_entries = []
+        if result.sentence_maps:
+            (tmp / "sentences").mkdir()
+        for i, span in enumerate(result.sentence_maps):
+            img = overlay(result.image, span.grid, geometry)
+            name = f"sentences/{i:02d}-{_slug(span.text, used)}.png"
+            (tmp / name).write_bytes(_png_bytes(img))
+            sentence_entries.append(
+                {
+                    "kind": "sentence",
+                    "text": span.text,
+                    "start": span.start,
+                    "tokens": span.tokens,
+                    "file": name,
+                    "image_mass": float(np.mean([result.image_mass[t] for t in span.tokens])),
+                }
+            )
+            at = len(phrase_entries) + i  # after the phrases, before the words
+            sheet_images.insert(at, img)
+            sheet_labels.insert(at, _shorten(span.text))
         if sheet_images:
             (tmp / "sheet.png").write_bytes(_png_bytes(contact_sheet(sheet_images, sheet_labels)))
         buf = io.BytesIO()
@@ -713,6 +762,7 @@ def write_explanation(
             "grid": list(geometry.grid),
             "words": [{"text": s.text, "grid": s.grid.tolist()} for s in result.word_maps],
             "phrases": [{"text": s.text, "grid": s.grid.tolist()} for s in result.phrase_maps],
+            "sentences": [{"text": s.text, "grid": s.grid.tolist()} for s in result.sentence_maps],
         }
         (tmp / "maps.json").write_text(json.dumps(maps) + "\n", encoding="utf-8")
         summary = {
@@ -735,6 +785,7 @@ def write_explanation(
             },
             "words": entries,
             "phrases": phrase_entries,
+            "sentences": sentence_entries,
             "files": {
                 "sheet": "sheet.png" if sheet_images else None,
                 "token_maps": "token_maps.npy",
@@ -813,7 +864,7 @@ def _run(args: argparse.Namespace) -> int:
         if not entry["found"]:
             print(f"phrase {entry['text']!r} is not in the report", file=sys.stderr)
     print(
-        f"{len(summary['words'])} word maps, {sum(e['found'] for e in summary['phrases'])} "
-        f"phrase maps -> {out}"
+        f"{len(summary['words'])} word maps, {len(summary['sentences'])} sentence maps, "
+        f"{sum(e['found'] for e in summary['phrases'])} phrase maps -> {out}"
     )
     return 0

@@ -619,7 +619,9 @@ def attention_maps(
     overlay PNGs (``data:`` URLs, the image's aspect, at most ``max_side`` pixels a side).
 
     ``maps`` holds the whole report first (the mean of its tokens' maps), then each phrase
-    (``found`` false and no overlay when the report does not contain it). An empty report or a
+    (``found`` false and no overlay when the report does not contain it), then each sentence
+    (a finding with its side and size words: where the map says most, see
+    ``infer.attention``). An empty report or a
     model whose maps cannot be read gives ``{"error": ...}`` instead (the report still comes).
     """
     import numpy as np
@@ -653,6 +655,17 @@ def attention_maps(
             entry["overlay"] = picture(span.grid)
             entry["image_mass"] = float(np.mean([result.image_mass[t] for t in span.tokens]))
         maps.append(entry)
+    for span in result.sentence_maps:
+        maps.append(
+            {
+                "kind": "sentence",
+                "text": span.text,
+                "found": True,
+                "start": span.start,
+                "overlay": picture(span.grid),
+                "image_mass": float(np.mean([result.image_mass[t] for t in span.tokens])),
+            }
+        )
     return {
         "report": result.report,
         "generated": generated,

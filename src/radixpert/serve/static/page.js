@@ -380,7 +380,9 @@ async function showAttention() {
       const option = document.createElement("option");
       option.value = String(i);
       option.disabled = !m.overlay;
-      option.textContent = m.kind === "report" ? "whole report" : `"${m.text}"${m.found ? "" : " (not in the report)"}`;
+      option.textContent = m.kind === "report" ? "whole report"
+        : m.kind === "sentence" ? `sentence: ${m.text}`
+        : `"${m.text}"${m.found ? "" : " (not in the report)"}`;
       choice.append(option);
     });
     choice.hidden = att.maps.length < 2;
