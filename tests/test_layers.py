@@ -26,7 +26,18 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"data", "instruct", "models", "infer", "evaluate"},
     "demo": {"data", "instruct", "models", "train", "infer", "evaluate"},
     "serve": {"data", "instruct", "models", "infer"},
-    "cli": {"data", "instruct", "models", "train", "infer", "evaluate", "demo", "serve"},
+    "leaderboard": {"data", "instruct", "models", "train", "infer", "evaluate", "serve"},
+    "cli": {
+        "data",
+        "instruct",
+        "models",
+        "train",
+        "infer",
+        "evaluate",
+        "demo",
+        "serve",
+        "leaderboard",
+    },
     "__main__": {"cli"},
 }
 

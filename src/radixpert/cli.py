@@ -873,9 +873,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands that keep their parser beside their code (their heavy imports stay inside).
     from radixpert import serve
     from radixpert.infer import attention, batch, chat
+    from radixpert.leaderboard import run as benchmark
 
     batch.add_parser(sub)  # generate
     _evaluate_parser(sub)
+    benchmark.add_parser(sub)
     chat.add_parser(sub)
     attention.add_parser(sub)  # explain
     serve.add_parser(sub)

@@ -12,7 +12,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-CONFIG_KINDS = ("recipes", "accelerate")
+CONFIG_KINDS = ("recipes", "accelerate", "benchmarks")
 
 
 def home() -> Path:
@@ -40,7 +40,8 @@ def offline() -> bool:
 
 
 def configs_dir(kind: str) -> Path:
-    """The folder of shipped configs of one kind: ``"recipes"`` or ``"accelerate"``.
+    """The folder of shipped configs of one kind: ``"recipes"``, ``"accelerate"`` or
+    ``"benchmarks"``.
 
     Raises:
         ValueError: ``kind`` is not one of ``CONFIG_KINDS``.

@@ -1,0 +1,1 @@
+"""Benchmarks as data and the leaderboard: protocols, results per (model, benchmark), ranking."""

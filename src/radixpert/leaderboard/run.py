@@ -1,0 +1,312 @@
+"""``radixpert benchmark``: score a model's predictions under a declared, versioned protocol.
+
+    radixpert benchmark list
+    radixpert benchmark show rexrank-mimic-cxr-findings-impression
+    radixpert benchmark run rexrank-mimic-cxr-findings rexrank-mimic-cxr-findings-clean \\
+        --predictions preds.json --data ReXrank/data --model-name mymodel --out results/
+
+One result file per (model, benchmark), ``OUT/<model>/<benchmark>.json``: the benchmark's
+record (name, version, file digest, dataset, track, reference building, prompt, metrics), the
+model (name, the prediction file's digest, and the ``.meta.json`` that ``radixpert generate``
+writes beside it: checkpoint, decoding settings, seed, versions), the references (file,
+digest, excluded ids), every metric as ``radixpert evaluate`` reports it (aggregate, mean,
+normal and bootstrap 95% intervals, per-sample scores in ``ids`` order, settings, versions),
+the metrics that could not run here and why, and the ranking value. The leaderboard reads
+these files.
+
+References come from ``--data`` (the folder the benchmark's ``dataset.file`` is relative to:
+ReXrank's ``data/`` for the ReXrank sets), or, without it, from the prediction file itself
+when it carries the gold sections (ReXrank's prediction layout does). A benchmark's metric
+that cannot run here (its weights are absent) is skipped and listed with the reason; the
+ranking falls back to the benchmark's ``offline_rank_by`` and the result says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from radixpert.errors import InputError, UsageError
+from radixpert.leaderboard.benchmarks import (
+    Benchmark,
+    build_candidates,
+    build_references,
+    list_benchmarks,
+    load_benchmark,
+    read_records,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RESULT_FORMAT", "add_parser", "result_path", "run_benchmark"]
+
+RESULT_FORMAT = "radixpert.benchmark-result"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def result_path(out_dir: str | Path, model: str, bench: Benchmark) -> Path:
+    """``OUT/<model>/<benchmark>.json`` (the model name made safe for a folder)."""
+    return Path(out_dir) / (_SAFE.sub("_", model).strip("_") or "model") / f"{bench.name}.json"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_benchmark(
+    bench: Benchmark,
+    predictions: str | Path,
+    *,
+    data: str | Path | None = None,
+    model: str | None = None,
+    out_dir: str | Path | None = None,
+    metrics: list[str] | None = None,
+    bootstrap: int = 500,
+    seed: int = 0,
+    allow_missing: bool = False,
+    metric_options: dict[str, Any] | None = None,
+    progress: TextIO | None = None,
+) -> dict[str, Any]:
+    """Scores ``predictions`` under ``bench``; returns (and, with ``out_dir``, writes) the
+    result document described in the module docstring.
+
+    Args:
+        bench: The protocol (``load_benchmark``).
+        predictions: A prediction file: ReXrank's layout (``model_prediction`` beside the
+            gold sections) or ``radixpert generate``'s (``{id: {findings[, impression]}}``).
+        data: Folder holding ``bench.dataset.file``; None reads the gold sections from the
+            prediction file.
+        model: The model's name in the result (default: the prediction file's stem).
+        out_dir: Where to write ``<model>/<benchmark>.json`` (atomically).
+        metrics: Override the benchmark's metrics (names or groups); named metrics that
+            cannot run are then errors.
+        bootstrap, seed: Resamples and seed of the bootstrap intervals.
+        allow_missing: Score the common ids when a reference has no prediction (else an
+            error naming them).
+
+    Raises:
+        InputError: Missing or malformed files, predictions without text, unmatched ids.
+    """
+    from radixpert.evaluate.io import Pairs
+    from radixpert.evaluate.runner import EvaluationOptions, run_metrics, write_results
+
+    predictions = Path(predictions)
+    pred_records = read_records(predictions, "rexrank")
+    if data is not None:
+        ref_file = Path(data) / bench.dataset.file
+        gold = read_records(ref_file, bench.dataset.layout, bench.dataset.split)
+        layout = bench.dataset.layout
+    else:
+        has_gold = all(
+            isinstance(r, dict) and ("section_findings" in r or "section_impression" in r)
+            for r in pred_records.values()
+        )
+        if not has_gold:
+            raise InputError(
+                f"{predictions}: no gold sections (section_findings / section_impression) "
+                f"in the predictions; give --data, the folder holding {bench.dataset.file}"
+            )
+        ref_file, gold, layout = predictions, pred_records, "rexrank"
+    references, excluded = build_references(bench, gold, layout)
+    candidates = build_candidates(bench, pred_records)
+    missing = [i for i in references if i not in candidates]
+    extra = [i for i in candidates if i not in references and i not in excluded]
+    if missing and not allow_missing:
+        raise InputError(
+            f"{predictions}: no prediction for {len(missing)} of {len(references)} reference "
+            f"ids of {bench.name} (e.g. {', '.join(map(repr, missing[:5]))}); pass "
+            "--allow-missing to score the common ids"
+        )
+    ids = [i for i in references if i in candidates]
+    if not ids:
+        raise InputError(f"{predictions}: no prediction matches an id of {bench.name}")
+    pairs = Pairs(
+        ids=ids,
+        references=[references[i] for i in ids],
+        candidates=[candidates[i] for i in ids],
+        only_references=missing,
+        only_candidates=extra,
+        empty_candidates=[i for i in ids if not candidates[i].strip()],
+    )
+    opts = EvaluationOptions(
+        metrics=list(metrics or bench.metrics),
+        bootstrap=bootstrap,
+        seed=seed,
+        metric_options=metric_options or {},
+        explicit=metrics is not None,
+    )
+    scored, skipped = run_metrics(pairs, opts, progress)
+    rank_metric = _rank_metric(bench, scored)
+    meta_file = predictions.with_name(predictions.stem + ".meta.json")
+    model_name = model or predictions.stem
+    import radixpert
+
+    result = {
+        "format": RESULT_FORMAT,
+        "format_version": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": bench.record(),
+        "model": {
+            "name": model_name,
+            "predictions": {"path": str(predictions), "sha256": _sha256(predictions)},
+            "generation": (
+                json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else None
+            ),
+        },
+        "references": {
+            "path": str(ref_file),
+            "sha256": _sha256(ref_file),
+            "records": len(gold),
+            "scored": len(ids),
+            "excluded": {
+                "count": len(excluded),
+                "ids": excluded,
+                "why": "no text for the track's sections (clean reference)",
+            },
+            "without_prediction": {"count": len(missing), "ids": missing},
+            "predictions_not_in_benchmark": {"count": len(extra), "ids": extra[:100]},
+            "empty_predictions": {
+                "count": len(pairs.empty_candidates),
+                "ids": pairs.empty_candidates,
+            },
+        },
+        "confidence": {"level": 0.95, "bootstrap_resamples": bootstrap, "bootstrap_seed": seed},
+        "ranking": rank_metric,
+        "metrics": scored,
+        "skipped_metrics": skipped,
+        "ids": ids,
+        "versions": {"radixpert": radixpert.__version__, **_versions()},
+    }
+    if out_dir is not None:
+        path = result_path(out_dir, model_name, bench)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_results(result, path)
+        result["_path"] = str(path)
+    return result
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    found: dict[str, str | None] = {}
+    for name in ("numpy", "torch", "transformers"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _rank_metric(bench: Benchmark, scored: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The ranking metric and its value: ``rank_by`` when it ran, else ``offline_rank_by``."""
+    for name, why in ((bench.rank_by, "rank_by"), (bench.offline_rank_by, "offline_rank_by")):
+        if not name:
+            continue
+        entry = scored.get(name) or next(
+            (v for k, v in scored.items() if v.get("registry_name") == name), None
+        )
+        if entry is None:
+            continue
+        higher = bool(entry["higher_is_better"])
+        value = entry.get("display") if entry.get("display_transform") else entry["aggregate"]
+        return {
+            "metric": name,
+            "from": why,
+            "value": value,
+            "higher_is_better": True if entry.get("display_transform") else higher,
+            "transform": entry.get("display_transform"),
+        }
+    return {"metric": None, "from": None, "value": None, "why": "no ranking metric ran"}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Registers ``radixpert benchmark {list,show,run}``."""
+    p = sub.add_parser(
+        "benchmark",
+        help="score predictions under declared, versioned protocols (ReXrank's and others)",
+        description=(
+            "Benchmarks are YAML files naming the dataset and split, the track, how the "
+            "reference text is built (ReXrank's exact quirks, or a clean variant), the prompt "
+            "and the metrics. `run` writes one result file per (model, benchmark)."
+        ),
+    )
+    bsub = p.add_subparsers(dest="benchmark_command", required=True)
+    ls = bsub.add_parser("list", help="the shipped benchmarks")
+    ls.set_defaults(func=_run_list)
+    show = bsub.add_parser("show", help="a benchmark's definition")
+    show.add_argument("benchmark", help="shipped name or YAML file")
+    show.set_defaults(func=_run_show)
+    run = bsub.add_parser("run", help="score a prediction file under one or more benchmarks")
+    run.add_argument("benchmarks", nargs="+", help="shipped names or YAML files")
+    run.add_argument("--predictions", required=True, help="prediction JSON (ReXrank's layout "
+                     "or radixpert generate's)")  # fmt: skip
+    run.add_argument("--data", help="folder holding the benchmark's dataset file (ReXrank's "
+                     "data/); default: the gold sections in the prediction file")  # fmt: skip
+    run.add_argument("--model-name", help="the model's name (default: the file's stem)")
+    run.add_argument("--out", "-o", required=True, help="results folder (<model>/<bench>.json)")
+    run.add_argument("--metrics", "-m", nargs="+", help="override the benchmark's metrics")
+    run.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples (500)")
+    run.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    run.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="score the common ids when some references have no prediction",
+    )
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    run.set_defaults(func=_run_run)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    for name in list_benchmarks():
+        bench = load_benchmark(name)
+        print(f"{name:48s} v{bench.version}  {bench.description}")
+    return 0
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    bench = load_benchmark(args.benchmark)
+    print(json.dumps(bench.record(), indent=2))
+    return 0
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    benches = [load_benchmark(b) for b in args.benchmarks]
+    names = [b.name for b in benches]
+    if len(set(names)) != len(names):
+        raise UsageError(f"a benchmark is named twice: {names}")
+    progress = None if args.quiet else sys.stderr
+    for bench in benches:
+        if progress:
+            print(f"benchmark {bench.name} (v{bench.version})", file=progress, flush=True)
+        result = run_benchmark(
+            bench,
+            args.predictions,
+            data=args.data,
+            model=args.model_name,
+            out_dir=args.out,
+            metrics=args.metrics,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            allow_missing=args.allow_missing,
+            progress=progress,
+        )
+        rank = result["ranking"]
+        shown = "n/a" if rank["value"] is None else f"{rank['value']:.4f}"
+        label = rank["metric"] if not rank.get("transform") else f"1/{rank['metric']}"
+        skipped = ", ".join(result["skipped_metrics"]) or "none"
+        print(
+            f"{bench.name}: {result['references']['scored']} studies, {label} = {shown}; "
+            f"skipped here: {skipped} -> {result['_path']}"
+        )
+    return 0
