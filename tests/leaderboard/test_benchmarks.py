@@ -201,3 +201,28 @@ def test_benchmark_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -
         "rexrank-iu-xray-findings-clean.json", "rexrank-iu-xray-findings.json",
     ]  # fmt: skip
     assert main(["benchmark", "run", "nope", "--predictions", str(preds), "-o", "x"]) == 2
+
+
+def test_run_with_a_model_generates_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from radixpert.cli import main
+    from radixpert.data.phantoms import generate_phantoms
+    from tests.serve import tiny_bundle
+
+    studies = generate_phantoms(12, tmp_path / "data" / "phantoms", size=64)
+    test_ids = sorted(s.id for s in studies if s.split == "test")
+    assert test_ids, "the phantoms should hold held-out studies"
+    bundle = tiny_bundle(tmp_path / "model" / "bundle")
+    data, out = str(tmp_path / "data"), str(tmp_path / "r")
+    argv = ["benchmark", "run", "phantoms-findings", "--model", str(bundle), "--data", data,
+            "--out", out, "--bootstrap", "10", "-q"]  # fmt: skip
+    assert main(argv) == 0
+    folder = tmp_path / "r" / "model"  # the bundle's parent folder names the model
+    result = json.loads((folder / "phantoms-findings.json").read_text())
+    assert result["ids"] == test_ids and result["ranking"]["metric"] == "f1-chexpert"
+    generation = result["model"]["generation"]
+    assert generation["settings"]["track"] == "findings"
+    assert generation["input"]["split"] == "test"
+    predictions = json.loads((folder / "phantoms-findings.predictions.json").read_text())
+    assert sorted(predictions) == test_ids
+    assert main([*argv[:3], "--model", str(bundle), "--out", "x"]) == 2  # --data is needed
+    assert "--model needs --data" in capsys.readouterr().err

@@ -4,6 +4,8 @@
     radixpert benchmark show rexrank-mimic-cxr-findings-impression
     radixpert benchmark run rexrank-mimic-cxr-findings rexrank-mimic-cxr-findings-clean \\
         --predictions preds.json --data ReXrank/data --model-name mymodel --out results/
+    radixpert benchmark run phantoms-findings --model runs/demo/model/05-msa3/bundle \\
+        --data runs/demo/data --out results/           # generates first, then scores
 
 One result file per (model, benchmark), ``OUT/<model>/<benchmark>.json``: the benchmark's
 record (name, version, file digest, dataset, track, reference building, prompt, metrics), the
@@ -13,6 +15,13 @@ digest, excluded ids), every metric as ``radixpert evaluate`` reports it (aggreg
 normal and bootstrap 95% intervals, per-sample scores in ``ids`` order, settings, versions),
 the metrics that could not run here and why, and the ranking value. The leaderboard reads
 these files.
+
+With ``--model BUNDLE`` instead of ``--predictions`` the predictions are generated first by
+``radixpert generate``'s engine (``infer.batch.run_generate``: batched, resumable, the
+bundle's own report prompt and greedy decoding; the settings land in the predictions'
+``.meta.json``, which the result embeds) into ``OUT/<model>/<benchmark>.predictions.json``;
+a ReXrank set is first read into Study records by the ``rexrank`` reader (images under
+``--data``, as ReXrank's README lays them out).
 
 References come from ``--data`` (the folder the benchmark's ``dataset.file`` is relative to:
 ReXrank's ``data/`` for the ReXrank sets), or, without it, from the prediction file itself
@@ -249,11 +258,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_run_show)
     run = bsub.add_parser("run", help="score a prediction file under one or more benchmarks")
     run.add_argument("benchmarks", nargs="+", help="shipped names or YAML files")
-    run.add_argument("--predictions", required=True, help="prediction JSON (ReXrank's layout "
+    run.add_argument("--predictions", help="prediction JSON (ReXrank's layout "
                      "or radixpert generate's)")  # fmt: skip
+    run.add_argument("--model", help="a model bundle: generate the predictions first")
+    run.add_argument("--batch-size", type=int, default=16, help="generation batch (with --model)")
     run.add_argument("--data", help="folder holding the benchmark's dataset file (ReXrank's "
                      "data/); default: the gold sections in the prediction file")  # fmt: skip
-    run.add_argument("--model-name", help="the model's name (default: the file's stem)")
+    run.add_argument("--model-name", help="the model's name (default: the prediction file's "
+                     "stem, or the bundle's parent folder)")  # fmt: skip
     run.add_argument("--out", "-o", required=True, help="results folder (<model>/<bench>.json)")
     run.add_argument("--metrics", "-m", nargs="+", help="override the benchmark's metrics")
     run.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples (500)")
@@ -280,7 +292,53 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def generate_for(
+    bench: Benchmark,
+    model_dir: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    model: str,
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Path:
+    """Generates ``model_dir``'s predictions for ``bench``'s studies; returns the file.
+
+    Raises:
+        InputError: The dataset file is missing under ``data``.
+    """
+    from radixpert.infer.batch import GenerateSettings, prompt_style, run_generate
+
+    data = Path(data)
+    source = data / bench.dataset.file
+    if not source.is_file():
+        raise InputError(f"{source}: no such file (the dataset file of {bench.name})")
+    folder = result_path(out_dir, model, bench).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    split = bench.dataset.split
+    image_root: Path | None = None
+    if bench.dataset.layout == "rexrank":
+        from radixpert.data.prepare import prepare
+
+        studies = folder / f"{bench.dataset.name}.studies.jsonl"
+        if not studies.is_file():
+            prepare("rexrank", data, studies, files=source.name)
+        image_root, split = data, None
+    else:
+        studies = source
+    out = folder / f"{bench.name}.predictions.json"
+    settings = GenerateSettings(track=bench.track, batch_size=batch_size, **prompt_style(model_dir))
+    run_generate(
+        model_dir, studies, out, settings, image_root=image_root, split=split, progress=progress
+    )
+    return out
+
+
 def _run_run(args: argparse.Namespace) -> int:
+    if (args.model is None) == (args.predictions is None):
+        raise UsageError("give --predictions FILE or --model BUNDLE (which generates them)")
+    if args.model and not args.data:
+        raise UsageError("--model needs --data, the folder holding the benchmark's dataset")
     benches = [load_benchmark(b) for b in args.benchmarks]
     names = [b.name for b in benches]
     if len(set(names)) != len(names):
@@ -289,11 +347,20 @@ def _run_run(args: argparse.Namespace) -> int:
     for bench in benches:
         if progress:
             print(f"benchmark {bench.name} (v{bench.version})", file=progress, flush=True)
+        model_name = args.model_name or (
+            Path(args.model).resolve().parent.name if args.model else None
+        )
+        predictions = args.predictions
+        if args.model:
+            predictions = generate_for(
+                bench, args.model, args.data, args.out, model_name,
+                batch_size=args.batch_size, progress=not args.quiet,
+            )  # fmt: skip
         result = run_benchmark(
             bench,
-            args.predictions,
+            predictions,
             data=args.data,
-            model=args.model_name,
+            model=model_name,
             out_dir=args.out,
             metrics=args.metrics,
             bootstrap=args.bootstrap,
