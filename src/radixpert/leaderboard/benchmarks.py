@@ -208,20 +208,20 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
 
 
 def read_records(path: str | Path, layout: str, split: str | None = None) -> dict[str, dict]:
-    """``{id: record}`` of a ReXrank JSON (test set or prediction file) or a Study JSONL.
+    """``{id: record}`` of a ReXrank JSON (test set or prediction file), or of Study records
+    (JSONL or Parquet, read by ``data.study.read_studies``: ``{id: {findings, impression}}``).
 
     Raises:
-        InputError: Missing file, bad JSON, a record that is not an object, duplicate ids,
-            a Study without an id — naming the file and the line or id.
+        InputError: Missing file, bad JSON, a record that is not an object, an invalid Study,
+            duplicate ids — naming the file and the line or id.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
     out: dict[str, dict] = {}
     if layout == "rexrank":
         try:
-            data = json.loads(text)
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
         if not isinstance(data, dict):
@@ -231,20 +231,18 @@ def read_records(path: str | Path, layout: str, split: str | None = None) -> dic
                 raise InputError(f"{path}: id {rid!r}: expected an object")
             out[str(rid)] = rec
     elif layout == "studies":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec:
-                raise InputError(f"{path}: line {n}: expected a Study record with an id")
-            if split is not None and rec.get("split") != split:
-                continue
-            if rec["id"] in out:
-                raise InputError(f"{path}: line {n}: duplicate id {rec['id']!r}")
-            out[str(rec["id"])] = rec
+        from radixpert.data.study import read_studies
+        from radixpert.errors import StudyError
+
+        try:
+            for study in read_studies(path):  # validated Study records (JSONL or Parquet)
+                if split is not None and study.split != split:
+                    continue
+                if study.id in out:
+                    raise InputError(f"{path}: duplicate study id {study.id!r}")
+                out[study.id] = {"findings": study.findings, "impression": study.impression}
+        except StudyError as e:
+            raise InputError(str(e)) from None
     else:
         raise UsageError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}")
     if not out:
