@@ -36,6 +36,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "pydicom": ("pydicom", "data"),
     "PIL": ("pillow", "data"),
     "google.protobuf": ("protobuf", "metrics"),
+    "matplotlib": ("matplotlib", "leaderboard"),
 }
 
 

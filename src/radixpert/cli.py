@@ -874,10 +874,12 @@ def build_parser() -> argparse.ArgumentParser:
     from radixpert import serve
     from radixpert.infer import attention, batch, chat
     from radixpert.leaderboard import run as benchmark
+    from radixpert.leaderboard import site
 
     batch.add_parser(sub)  # generate
     _evaluate_parser(sub)
     benchmark.add_parser(sub)
+    site.add_parser(sub)  # leaderboard
     chat.add_parser(sub)
     attention.add_parser(sub)  # explain
     serve.add_parser(sub)

@@ -132,6 +132,9 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
         UsageError: Neither a file nor a shipped name (the names are listed).
         InputError: A malformed file: the file and the field are named.
     """
+    from radixpert._optional import require
+
+    require("yaml", purpose="reading benchmark files")
     import yaml
 
     path = Path(name_or_path)
