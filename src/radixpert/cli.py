@@ -61,6 +61,13 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="list metrics, variants and whether each can run here (and if not, why)",
     )
+    p.add_argument(
+        "--tasks",
+        metavar="ANSWERS",
+        help="score instruction-task answers instead: radixpert generate's output for "
+        "conversations (classification F1, grounding / detection mAP@0.5 and mean IoU, token "
+        "F1, per task)",
+    )
     p.add_argument("--out", "-o", help="results JSON (written atomically)")
     p.add_argument("--per-sample", help="per-sample scores, CSV or .jsonl (one row per id)")
     p.add_argument(
@@ -134,8 +141,10 @@ def _list_metrics() -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     if args.list:
         return _list_metrics()
+    if args.tasks:
+        return _score_tasks(args.tasks, args.out)
     if not args.references or not args.candidates:
-        raise UsageError("--references and --candidates are required (or --list)")
+        raise UsageError("--references and --candidates are required (or --list, --tasks)")
     from radixpert.evaluate import registry
     from radixpert.evaluate.runner import (
         EvaluationOptions,
@@ -172,6 +181,37 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.per_sample:
         write_per_sample(results, args.per_sample)
         print(f"per-sample scores: {args.per_sample}")
+    return 0
+
+
+def _score_tasks(path: str, out: str | None) -> int:
+    import json
+
+    from radixpert.errors import InputError
+    from radixpert.evaluate.tasks import task_scores
+    from radixpert.io import write_json
+
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(records, dict):
+        raise InputError(f"{path}: expected {{id: record}} (radixpert generate's output)")
+    try:
+        scores = task_scores(records)
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None
+    main_keys = ("n", "micro_f1", "macro_f1", "map50", "mean_iou", "token_f1", "parsed")
+    print(f"{'task':24s} " + " ".join(f"{k:>9s}" for k in main_keys))
+    for task, values in scores.items():
+        cells = [values.get(k, float("nan")) for k in main_keys]
+        shown = " ".join(f"{v:9.0f}" if k == "n" else f"{v:9.4f}" for k, v in zip(main_keys, cells))
+        print(f"{task:24s} {shown}".replace("nan", "  -"))
+    if out:
+        write_json(out, {"answers": str(path), "tasks": scores})
+        print(f"\nresults: {out}")
     return 0
 
 

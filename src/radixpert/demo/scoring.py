@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from radixpert.data.phantoms import FINDINGS, OBSERVATION_KEYWORDS, ZONES
-from radixpert.instruct.tasks import iou, parse_boxes
+from radixpert.evaluate.tasks import average_precision, parse_boxes
 
 __all__ = [
     "average_precision",
@@ -86,47 +86,6 @@ def predicted_findings(report: str) -> list[str]:
 
     labels = label_report(report)
     return [f for f in FINDINGS if labels[f] == 1]
-
-
-def average_precision(
-    ranked: Sequence[tuple[Any, tuple[float, ...]]],
-    truth: Mapping[Any, Sequence[tuple[float, ...]]],
-    threshold: float = 0.5,
-) -> float:
-    """Average precision of ranked boxes ``(study, box)`` against ``truth[study]`` boxes.
-
-    Greedy matching in rank order (each true box matched at most once, IoU >= threshold),
-    then the 101-point interpolated area under precision-recall (COCO).
-    """
-    n_true = sum(len(v) for v in truth.values())
-    if n_true == 0:
-        return float("nan")
-    used: dict[Any, set[int]] = {}
-    hits: list[bool] = []
-    for study, box in ranked:
-        best, best_j = threshold, None
-        for j, t in enumerate(truth.get(study, ())):
-            if j in used.get(study, set()):
-                continue
-            overlap = iou(box, t)
-            if overlap >= best:
-                best, best_j = overlap, j
-        if best_j is not None:
-            used.setdefault(study, set()).add(best_j)
-        hits.append(best_j is not None)
-    precision, recall, tp = [], [], 0
-    for k, hit in enumerate(hits, 1):
-        tp += hit
-        precision.append(tp / k)
-        recall.append(tp / n_true)
-    # Interpolate: precision at recall r is the best precision at any recall >= r.
-    for k in range(len(precision) - 2, -1, -1):
-        precision[k] = max(precision[k], precision[k + 1])
-    total = 0.0
-    for r in (i / 100 for i in range(101)):
-        candidates = [p for p, rc in zip(precision, recall) if rc >= r]
-        total += candidates[0] if candidates else 0.0
-    return total / 101
 
 
 def grounding_scores(

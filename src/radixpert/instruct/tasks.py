@@ -10,38 +10,22 @@ is dropped from a denominator.
 from __future__ import annotations
 
 import random
-import re
 from abc import ABC, abstractmethod
 from typing import Any
 
 from radixpert import vocab
 from radixpert.data.study import Box, Study
 from radixpert.errors import UnknownName, UsageError
+from radixpert.evaluate.tasks import iou, parse_boxes
 from radixpert.instruct.conversation import IMAGE_TOKEN, Conversation
 from radixpert.vocab import OBSERVATIONS
 
-_BOX_RE = re.compile(
-    r"\[\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*\]"
-)
 ABNORMALITIES = tuple(o for o in OBSERVATIONS if o not in ("No Finding", "Support Devices"))
 
 
 def format_box(b: Box | tuple[float, float, float, float]) -> str:
     x1, y1, x2, y2 = (b.x1, b.y1, b.x2, b.y2) if isinstance(b, Box) else b
     return f"[{x1:.2f}, {y1:.2f}, {x2:.2f}, {y2:.2f}]"
-
-
-def parse_boxes(text: str) -> list[tuple[float, float, float, float]]:
-    """Every `[x1, y1, x2, y2]` in the text, in order."""
-    return [tuple(float(v) for v in m.groups()) for m in _BOX_RE.finditer(text)]  # type: ignore[misc]
-
-
-def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _prf(tp: int, n_pred: int, n_true: int) -> dict[str, float]:
