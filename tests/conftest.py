@@ -50,3 +50,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """Headless Debian chromium driven by Selenium through Debian's chromedriver (nothing is
+    downloaded: Selenium Manager is kept offline); skips when either is not installed."""
+    from pathlib import Path
+
+    chromium, chromedriver = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+    if not (chromium.is_file() and chromedriver.is_file()):
+        pytest.skip("install Debian's chromium and chromium-driver (apt)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager never downloads a browser
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(chromium)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1000", "--disable-extensions", "--no-first-run"):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(chromedriver)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

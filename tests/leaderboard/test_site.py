@@ -34,7 +34,6 @@ REX = Path(__file__).parents[1] / "data" / "fixtures" / "rexrank"
 MIMIC, IU = "rexrank-mimic-cxr-findings-impression", "rexrank-iu-xray-findings"
 XSS = "<script>window.pwned=1</script>"
 MODELS = ("copy", "truncated", "normal", XSS)
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 RESAMPLES, RANK_RESAMPLES = 2000, 200
 
 
@@ -495,26 +494,6 @@ def test_command_line(made: SimpleNamespace, tmp_path: Path, capsys: Any) -> Non
 
 
 # ------------------------------------------------------------------------------ in a browser
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Any:
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("install Debian's chromium and chromium-driver (apt)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager never downloads a browser
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000", "--disable-extensions", "--no-first-run"):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_the_page_renders_in_a_browser(made: SimpleNamespace, browser: Any) -> None:

@@ -37,7 +37,6 @@ from radixpert.serve.security import ImageLimits, decode_image
 from tests.fitted import fit_llava
 from tests.serve import png_data_url, served_models
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TOKEN = "p" * 24
 XSS = ' <img src=x onerror="document.title=1">'
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -244,26 +243,6 @@ def _wait(condition: Any, timeout: float = 30.0, what: str = "condition") -> Any
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Any:
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("install Debian's chromium and chromium-driver (apt)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager never downloads a browser
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000", "--disable-extensions", "--no-first-run"):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
