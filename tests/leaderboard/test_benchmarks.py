@@ -226,3 +226,35 @@ def test_run_with_a_model_generates_first(tmp_path: Path, capsys: pytest.Capture
     assert sorted(predictions) == test_ids
     assert main([*argv[:3], "--model", str(bundle), "--out", "x"]) == 2  # --data is needed
     assert "--model needs --data" in capsys.readouterr().err
+
+
+def test_run_with_a_model_on_a_rexrank_set_reads_its_images(tmp_path: Path) -> None:
+    """The ReXrank tree as its README lays it out (``iu_xray/images/<study>/<n>.png`` beside
+    the test JSON): the rexrank reader turns it into Study records, generate answers them."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.serve import tiny_bundle
+
+    data = tmp_path / "ReXrank-data"
+    shutil.copytree(REX / "iu_xray", data / "iu_xray")
+    records = read_records(data / "iu_xray" / "ReXRank_IUXray_test.json", "rexrank")
+    rng = np.random.default_rng(0)
+    for rec in records.values():
+        for rel in rec["image_path"]:
+            png = data / "iu_xray" / "images" / rel
+            png.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (48, 40), dtype=np.uint8)).save(png)
+    bundle = tiny_bundle(tmp_path / "tiny" / "bundle")
+    bench = load_benchmark("rexrank-iu-xray-findings")
+    from radixpert.leaderboard.run import generate_for
+
+    preds = generate_for(bench, bundle, data, tmp_path / "r", "tiny", progress=False)
+    assert sorted(json.loads(preds.read_text())) == sorted(records)
+    studies = preds.parent / "iu-xray.studies.jsonl"
+    assert len(studies.read_text().splitlines()) == len(records)
+    result = run_benchmark(bench, preds, data=data, model="tiny", bootstrap=0)
+    assert result["references"]["scored"] == len(records)
+    assert result["model"]["generation"]["counts"]["predictions"] == len(records)
