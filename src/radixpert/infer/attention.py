@@ -693,66 +693,50 @@ def write_explanation(
 
     geometry = result.geometry
     used: set[str] = set()
-    entries: list[dict[str, Any]] = []
-    sheet_images, sheet_labels = [], []
+    sheet: dict[str, list[tuple[Any, str]]] = {"phrase": [], "sentence": [], "word": []}
+
+    def write(tmp: Path, kind: str, span: Span, name: str, label: str) -> dict[str, Any]:
+        """One span's overlay file and its ``explain.json`` entry."""
+        entry: dict[str, Any] = {
+            "kind": kind, "text": span.text, "start": span.start, "tokens": span.tokens,
+        }  # fmt: skip
+        if kind == "phrase":
+            entry["found"] = bool(span.tokens)
+        if span.tokens:
+            img = overlay(result.image, span.grid, geometry)
+            (tmp / name).write_bytes(_png_bytes(img))
+            entry["file"] = name
+            entry["image_mass"] = float(np.mean([result.image_mass[t] for t in span.tokens]))
+            sheet[kind].append((img, label))
+        return entry
+
     with atomic_dir(out_dir) as tmp:
         (tmp / "words").mkdir()
-        for i, span in enumerate(result.word_maps):
-            img = overlay(result.image, span.grid, geometry)
-            name = f"words/{i:03d}-{_slug(span.text, used)}.png"
-            (tmp / name).write_bytes(_png_bytes(img))
-            entries.append(
-                {
-                    "kind": "word",
-                    "text": span.text,
-                    "start": span.start,
-                    "tokens": span.tokens,
-                    "file": name,
-                    "image_mass": float(np.mean([result.image_mass[t] for t in span.tokens])),
-                }
-            )
-            sheet_images.append(img)
-            sheet_labels.append(span.text)
-        phrase_entries = []
+        entries = [
+            write(tmp, "word", span, f"words/{i:03d}-{_slug(span.text, used)}.png", span.text)
+            for i, span in enumerate(result.word_maps)
+        ]
         if any(span.tokens for span in result.phrase_maps):
             (tmp / "phrases").mkdir()
-        for span in result.phrase_maps:
-            entry: dict[str, Any] = {
-                "kind": "phrase",
-                "text": span.text,
-                "start": span.start,
-                "tokens": span.tokens,
-                "found": bool(span.tokens),
-            }
-            if span.tokens:
-                img = overlay(result.image, span.grid, geometry)
-                name = f"phrases/{_slug(span.text, used)}.png"
-                (tmp / name).write_bytes(_png_bytes(img))
-                entry["file"] = name
-                entry["image_mass"] = float(np.mean([result.image_mass[t] for t in span.tokens]))
-                sheet_images.insert(len(phrase_entries), img)
-                sheet_labels.insert(len(phrase_entries), f'"{span.text}"')
-            phrase_entries.append(entry)
-        sentence_entries = []
+        phrase_entries = [
+            write(tmp, "phrase", span, f"phrases/{_slug(span.text, used)}.png", f'"{span.text}"')
+            for span in result.phrase_maps
+        ]
         if result.sentence_maps:
             (tmp / "sentences").mkdir()
-        for i, span in enumerate(result.sentence_maps):
-            img = overlay(result.image, span.grid, geometry)
-            name = f"sentences/{i:02d}-{_slug(span.text, used)}.png"
-            (tmp / name).write_bytes(_png_bytes(img))
-            sentence_entries.append(
-                {
-                    "kind": "sentence",
-                    "text": span.text,
-                    "start": span.start,
-                    "tokens": span.tokens,
-                    "file": name,
-                    "image_mass": float(np.mean([result.image_mass[t] for t in span.tokens])),
-                }
+        sentence_entries = [
+            write(
+                tmp,
+                "sentence",
+                span,
+                f"sentences/{i:02d}-{_slug(span.text, used)}.png",
+                _shorten(span.text),
             )
-            at = len(phrase_entries) + i  # after the phrases, before the words
-            sheet_images.insert(at, img)
-            sheet_labels.insert(at, _shorten(span.text))
+            for i, span in enumerate(result.sentence_maps)
+        ]
+        # The sheet: phrases first, then sentences, then words.
+        ordered = sheet["phrase"] + sheet["sentence"] + sheet["word"]
+        sheet_images, sheet_labels = [img for img, _ in ordered], [lab for _, lab in ordered]
         if sheet_images:
             (tmp / "sheet.png").write_bytes(_png_bytes(contact_sheet(sheet_images, sheet_labels)))
         buf = io.BytesIO()

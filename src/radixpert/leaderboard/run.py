@@ -103,6 +103,7 @@ def run_benchmark(
     Raises:
         InputError: Missing or malformed files, predictions without text, unmatched ids.
     """
+    from radixpert.evaluate.base import package_versions
     from radixpert.evaluate.io import Pairs
     from radixpert.evaluate.runner import EvaluationOptions, run_metrics, write_results
 
@@ -191,7 +192,10 @@ def run_benchmark(
         "metrics": scored,
         "skipped_metrics": skipped,
         "ids": ids,
-        "versions": {"radixpert": radixpert.__version__, **_versions()},
+        "versions": {
+            "radixpert": radixpert.__version__,
+            **package_versions("numpy", "torch", "transformers"),
+        },
     }
     if out_dir is not None:
         path = result_path(out_dir, model_name, bench)
@@ -199,18 +203,6 @@ def run_benchmark(
         write_results(result, path)
         result["_path"] = str(path)
     return result
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    found: dict[str, str | None] = {}
-    for name in ("numpy", "torch", "transformers"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 def _rank_metric(bench: Benchmark, scored: dict[str, dict[str, Any]]) -> dict[str, Any]:
