@@ -54,7 +54,7 @@ from radixpert.leaderboard.benchmarks import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RESULT_FORMAT", "add_parser", "result_path", "run_benchmark"]
+__all__ = ["RESULT_FORMAT", "add_parser", "metric_key", "result_path", "run_benchmark", "safe_name"]
 
 RESULT_FORMAT = "radixpert.benchmark-result"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -62,7 +62,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def result_path(out_dir: str | Path, model: str, bench: Benchmark) -> Path:
     """``OUT/<model>/<benchmark>.json`` (the model name made safe for a folder)."""
-    return Path(out_dir) / (_SAFE.sub("_", model).strip("_") or "model") / f"{bench.name}.json"
+    return Path(out_dir) / (safe_name(model).strip("_") or "model") / f"{bench.name}.json"
 
 
 def _sha256(path: Path) -> str:
@@ -205,16 +205,28 @@ def run_benchmark(
     return result
 
 
+def metric_key(metrics: dict[str, Any], name: str) -> str | None:
+    """The result key of metric ``name``: itself, else the first result that metric produced
+    (``f1-chexpert`` gives ``f1-chexpert-14-micro`` first); None if it did not run."""
+    if name in metrics:
+        return name
+    return next((k for k, v in metrics.items() if v.get("registry_name") == name), None)
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every run of characters outside ``[A-Za-z0-9._-]`` made one ``_``."""
+    return _SAFE.sub("_", text)
+
+
 def _rank_metric(bench: Benchmark, scored: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The ranking metric and its value: ``rank_by`` when it ran, else ``offline_rank_by``."""
     for name, why in ((bench.rank_by, "rank_by"), (bench.offline_rank_by, "offline_rank_by")):
         if not name:
             continue
-        entry = scored.get(name) or next(
-            (v for k, v in scored.items() if v.get("registry_name") == name), None
-        )
-        if entry is None:
+        key = metric_key(scored, name)
+        if key is None:
             continue
+        entry = scored[key]
         higher = bool(entry["higher_is_better"])
         value = entry.get("display") if entry.get("display_transform") else entry["aggregate"]
         return {

@@ -41,7 +41,6 @@ import io
 import json
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -52,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from radixpert.errors import InputError, UsageError
-from radixpert.leaderboard.run import RESULT_FORMAT
+from radixpert.leaderboard.run import RESULT_FORMAT, metric_key, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,6 @@ SITE_FORMAT = "radixpert.leaderboard-site"
 TESTS = ("approximate-randomization", "paired-bootstrap")
 ALPHA = 0.05  # "differs from the leader" below this adjusted p-value
 MISSING = "–"
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _NOT_RESULTS = (".predictions.json", ".meta.json")  # written beside results by `benchmark run`
 # Tableau 10, as the demo page: distinct on screen and in grayscale print.
 PALETTE = (
@@ -235,14 +233,6 @@ class Board:
         return out
 
 
-def _resolve(metrics: dict[str, Any], name: str) -> str | None:
-    """The result key of ``name``: itself, else the first metric of that registry name (as
-    ``run._rank_metric`` resolves ``f1-chexpert``)."""
-    if name in metrics:
-        return name
-    return next((k for k, v in metrics.items() if v.get("registry_name") == name), None)
-
-
 def _column(key: str, results: Sequence[Result]) -> Column:
     entries = [r.doc["metrics"][key] for r in results]
     inverse = any(e.get("display_transform") for e in entries)
@@ -284,7 +274,7 @@ def _ranking_metric(
     """(result key, where it came from, a sentence saying why) of the ranking metric."""
 
     def resolved(wanted: str) -> tuple[str | None, list[str]]:
-        keys = {r.model: _resolve(r.doc["metrics"], wanted) for r in results}
+        keys = {r.model: metric_key(r.doc["metrics"], wanted) for r in results}
         lacking = sorted(m for m, k in keys.items() if k is None)
         found = {k for k in keys.values() if k is not None}
         if len(found) > 1:
@@ -677,7 +667,7 @@ def _html(boards: Sequence[Board], plots: dict[str, Any], opts: dict[str, Any]) 
     for board in boards:
         rec = board.record
         ds = (rec.get("dataset") or {}).get("name", "?")
-        out.append(f'<section class="board" id="{e(_SAFE.sub("_", board.name))}">')
+        out.append(f'<section class="board" id="{e(safe_name(board.name))}">')
         out.append(f"<h2>{e(board.name)}</h2>")
         out.append(
             f'<p class="note">version {e(str(rec["version"]))}, sha256 '
@@ -918,11 +908,11 @@ def build_site(
     with atomic_dir(out) as tmp:
         plots: dict[str, Any] = {"ranks": {}, "boxes": {}}
         for i, board in enumerate(boards, 1):
-            name = f"rank-{i:02d}-{_SAFE.sub('_', board.name)[:80]}.png"
+            name = f"rank-{i:02d}-{safe_name(board.name)[:80]}.png"
             _plot_ranks(board, tmp / name)
             plots["ranks"][board.name] = name
         for i, (key, label) in enumerate(_box_metrics(boards).items(), 1):
-            name = f"box-{i:02d}-{_SAFE.sub('_', key)[:80]}.png"
+            name = f"box-{i:02d}-{safe_name(key)[:80]}.png"
             if _plot_boxes(key, boards, models, tmp / name, label):
                 plots["boxes"][key] = name
         (tmp / "index.html").write_text(_html(boards, plots, opts), encoding="utf-8")
