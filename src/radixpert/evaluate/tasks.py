@@ -33,9 +33,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from radixpert.evaluate.base import mean
 from radixpert.vocab import OBSERVATIONS
 
 __all__ = [
@@ -281,12 +282,7 @@ def task_scores(records: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str,
             scores.update(grounding_scores(rows, labelled=True))
         tokens = [token_f1(t, a) for _, t, a in rows]
         for key in ("precision", "recall", "f1"):
-            scores[f"token_{key}"] = _mean(x[key] for x in tokens)
+            scores[f"token_{key}"] = mean([x[key] for x in tokens])
         scores["n"] = float(len(rows))
         out[task] = scores
     return out
-
-
-def _mean(values: Iterable[float]) -> float:
-    xs = list(values)
-    return sum(xs) / len(xs) if xs else float("nan")

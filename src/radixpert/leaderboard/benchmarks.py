@@ -25,9 +25,10 @@ for ``findings`` the section is taken as shipped, a missing one written ``None``
 quirk: a missing section is left out, and a study without any of the track's sections is not
 scored (its id is listed in the result as excluded).
 
-Candidates: a model-output field (``model_prediction``, ReXrank's, or ``prediction``) is scored
-whole; a sectioned prediction (``radixpert generate``: ``findings`` [, ``impression``]) is
-joined in the clean layout of the track; an unsplit ``report`` is scored whole.
+Candidates: a model-output field (``model_prediction``, ReXrank's, ``prediction``, ... as
+``radixpert evaluate`` reads them: ``evaluate.io.PREDICTION_KEYS``) is scored whole; a
+sectioned prediction (``radixpert generate``: ``findings`` [, ``impression``]) is joined in
+the clean layout of the track; an unsplit ``report`` is scored whole.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from radixpert.errors import InputError, UsageError
+from radixpert.evaluate.io import PREDICTION_KEYS
 from radixpert.paths import configs_dir
 
 __all__ = [
@@ -57,7 +59,6 @@ __all__ = [
 TRACKS = ("findings", "findings+impression")
 REFERENCES = ("rexrank", "clean")
 LAYOUTS = ("rexrank", "studies")
-_PREDICTION_KEYS = ("model_prediction", "prediction", "generated", "candidate")
 _REQUIRED = ("name", "version", "dataset", "track", "reference", "metrics", "rank_by")
 
 
@@ -313,7 +314,7 @@ def build_candidates(bench: Benchmark, predictions: dict[str, dict[str, Any] | s
         if isinstance(rec, str):
             out[rid] = rec
             continue
-        key = next((k for k in _PREDICTION_KEYS if k in rec), None)
+        key = next((k for k in PREDICTION_KEYS if k in rec), None)
         if key is not None:
             value = rec[key]
             out[rid] = "" if _missing(value) else str(value)
@@ -325,7 +326,7 @@ def build_candidates(bench: Benchmark, predictions: dict[str, dict[str, Any] | s
         else:
             raise InputError(
                 f"prediction {rid!r}: no prediction text (expected one of "
-                f"{', '.join(_PREDICTION_KEYS)}, findings/impression or report; has "
+                f"{', '.join(PREDICTION_KEYS)}, findings/impression or report; has "
                 f"{', '.join(sorted(rec)) or 'nothing'})"
             )
     return out
