@@ -31,10 +31,14 @@ CHEXPERT = REX / "chexpert_plus" / "ReXRank_CheXpertPlus.json"
 
 def test_every_shipped_benchmark_loads_and_is_named_as_its_file() -> None:
     names = list_benchmarks()
-    sets = ("mimic-cxr", "iu-xray", "chexpert-plus")
+    sets = ("mimic-cxr", "iu-xray", "chexpert-plus", "rexgradient")
     tracks = ("findings", "findings-impression")
     wanted = {f"rexrank-{d}-{t}{v}" for d in sets for t in tracks for v in ("", "-clean")}
-    assert wanted | {"phantoms-findings"} == set(names)
+    radvlm = {"radvlm-classification-mimic-cxr", "radvlm-grounding-anatomy-chest-imagenome",
+              "radvlm-grounding-abnormality-vindr-cxr", "radvlm-grounding-phrase-ms-cxr",
+              "radvlm-conversation-mimic-cxr"}  # fmt: skip
+    phantoms = {"phantoms-findings", "phantoms-classification", "phantoms-grounding"}
+    assert wanted | radvlm | phantoms == set(names)
     for name in names:
         bench = load_benchmark(name)
         assert bench.name == name == bench.path.stem and bench.version >= 1

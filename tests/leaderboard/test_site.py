@@ -166,7 +166,8 @@ def _page(site: Path) -> dict[str, list[dict[str, dict[str, Any]]]]:
     assert len(boards) == len(parser.tables)
     out = {}
     for name, table in zip(boards, parser.tables):
-        head = [c["text"] for c in table[0]]
+        # A corpus column tested on per-sample means is marked " †" (its note says why).
+        head = [c["text"].removesuffix(" †") for c in table[0]]
         out[name] = [dict(zip(head, row)) for row in table[1:]]
     return out
 

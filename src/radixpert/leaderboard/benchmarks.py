@@ -6,13 +6,23 @@
 
 A benchmark file (``radixpert/configs/benchmarks/<name>.yaml``, or any path) names:
 
+- ``kind``: ``report`` (the default: a generated report scored against the reference report)
+  or ``task`` (answers to instruction tasks, below);
 - ``dataset``: ``name``, ``layout`` (``rexrank``: a ReXrank test or prediction JSON,
-  ``{id: {section_findings, section_impression, ...}}``; ``studies``: radixpert Study JSONL),
-  ``file`` (relative to ``--data``), ``split`` and, for the published sets, the study count;
-- ``track``: ``findings`` or ``findings+impression``;
-- ``reference``: ``rexrank`` or ``clean`` (below);
+  ``{id: {section_findings, section_impression, ...}}``; ``rexgradient``: ReXGradient-160K's
+  ``metadata/{split}_metadata_view_position.json``, ``{study key: {Findings, Impression,
+  ...}}``; ``studies``: radixpert Study JSONL; ``conversations``: the ShareGPT JSONL of
+  ``radixpert data instruct``, task benchmarks only), ``file`` (relative to ``--data``),
+  ``split`` and, for the published sets, the study count;
+- ``track``: ``findings`` or ``findings+impression`` (report benchmarks);
+- ``reference``: ``rexrank`` or ``clean`` (below; report benchmarks);
+- ``task`` (task benchmarks): the instruction task(s) scored, ``radixpert.vocab`` names
+  (``classification``, ``grounding-abnormality``, ...); several tasks of one family are pooled;
 - ``prompt``, ``metrics``, ``rank_by`` (the ranking metric when it can run) and
-  ``offline_rank_by`` (the one that needs no weights), ``source`` (where the protocol is from).
+  ``offline_rank_by`` (the one that needs no weights or judge), ``source`` (where the
+  protocol is from). A report benchmark's metrics are ``radixpert evaluate`` registry names;
+  a task benchmark's are keys of ``evaluate.tasks.task_scores`` (``TASK_METRICS``: ``micro_f1``,
+  ``macro_f1``, ``map50``, ``mean_iou``, ``token_f1``, ...) or a judge (``conversation-judge``).
 
 Reference building. ``rexrank`` reproduces ReXrank's evaluation script
 (rajpurkarlab/ReXrank, ``example_files/evaluation_script.md``) with its quirks: the
@@ -45,8 +55,11 @@ from radixpert.evaluate.io import PREDICTION_KEYS
 from radixpert.paths import configs_dir
 
 __all__ = [
+    "JUDGE_METRICS",
+    "KINDS",
     "LAYOUTS",
     "REFERENCES",
+    "TASK_METRICS",
     "TRACKS",
     "Benchmark",
     "build_candidates",
@@ -54,12 +67,48 @@ __all__ = [
     "list_benchmarks",
     "load_benchmark",
     "read_records",
+    "task_family",
 ]
 
+KINDS = ("report", "task")
 TRACKS = ("findings", "findings+impression")
 REFERENCES = ("rexrank", "clean")
-LAYOUTS = ("rexrank", "studies")
-_REQUIRED = ("name", "version", "dataset", "track", "reference", "metrics", "rank_by")
+LAYOUTS = ("rexrank", "rexgradient", "studies", "conversations")
+_REQUIRED = ("name", "version", "dataset", "metrics", "rank_by")
+_REQUIRED_BY_KIND = {"report": ("track", "reference"), "task": ("task",)}
+
+_TOKEN_METRICS = ("token_f1", "token_precision", "token_recall", "parsed")
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("micro_f1", "macro_f1", *_TOKEN_METRICS),
+    "grounding": ("map50", "mean_iou", *_TOKEN_METRICS),
+    "detection": ("token_f1", "token_precision", "token_recall"),
+    "text": ("token_f1", "token_precision", "token_recall"),
+}
+"""Per task family, the ``task_scores`` keys a task benchmark may declare (``parsed``: the
+share of answers read, classification and grounding only)."""
+JUDGE_METRICS: dict[str, tuple[str, ...]] = {"text": ("conversation-judge",)}
+"""Per task family, the LLM-judge metrics a task benchmark may declare
+(``conversation-judge``: ``radixpert.evaluate.judges.conversation``, RadVLM's 0-10 score)."""
+
+
+def task_family(task: str) -> str:
+    """``classification``, ``grounding``, ``detection`` (labelled boxes: token scores only
+    here, its per-label mAP is not yet rebuilt per record) or ``text``.
+
+    Raises:
+        UsageError: Not a task name of ``radixpert.vocab`` or ``evaluate.tasks``.
+    """
+    from radixpert import vocab
+    from radixpert.evaluate.tasks import GROUNDING_TASKS
+
+    known = (*vocab.TASKS, *vocab.LLM_TASKS, *GROUNDING_TASKS)
+    if task not in known:
+        raise UsageError(f"unknown task {task!r}; one of {', '.join(dict.fromkeys(known))}")
+    if task == "classification":
+        return "classification"
+    if task in GROUNDING_TASKS:
+        return "grounding"
+    return "detection" if task == "detection" else "text"
 
 
 @dataclass(frozen=True)
@@ -96,12 +145,20 @@ class Benchmark:
     path: Path
     sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: str = "report"
+    tasks: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> str | None:
+        """The task family of a task benchmark (``task_family``); None for a report one."""
+        return task_family(self.tasks[0]) if self.tasks else None
 
     def record(self) -> dict[str, Any]:
         """What a result file says about the benchmark."""
-        return {
+        out = {
             "name": self.name,
             "version": self.version,
+            "kind": self.kind,
             "file": self.path.name,
             "sha256": self.sha256,
             "dataset": vars(self.dataset),
@@ -113,6 +170,9 @@ class Benchmark:
             "offline_rank_by": self.offline_rank_by,
             "source": self.source,
         }
+        if self.kind == "task":
+            out["tasks"] = list(self.tasks)
+        return out
 
 
 def shipped_dir() -> Path:
@@ -156,33 +216,68 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
         raise InputError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping at the top level")
-    missing = [k for k in _REQUIRED if k not in data]
+    kind = data.get("kind", "report")
+    if kind not in KINDS:
+        raise InputError(f"{path}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    missing = [k for k in (*_REQUIRED, *_REQUIRED_BY_KIND[kind]) if k not in data]
     if missing:
         raise InputError(f"{path}: missing field(s) {', '.join(missing)}")
     ds = data["dataset"]
     if not isinstance(ds, dict) or not all(k in ds for k in ("name", "layout", "file")):
         raise InputError(f"{path}: dataset needs name, layout and file")
-    checks = (
-        ("dataset.layout", ds["layout"], LAYOUTS),
-        ("track", data["track"], TRACKS),
-        ("reference", data["reference"], REFERENCES),
+    layouts = (
+        ("conversations",) if kind == "task" else tuple(x for x in LAYOUTS if x != "conversations")
     )
+    checks = [("dataset.layout", ds["layout"], layouts)]
+    if kind == "report":
+        checks += [("track", data["track"], TRACKS), ("reference", data["reference"], REFERENCES)]
     for key, value, allowed in checks:
         if value not in allowed:
             raise InputError(f"{path}: {key} {value!r} is not one of {', '.join(allowed)}")
     metrics = data["metrics"]
     if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
         raise InputError(f"{path}: metrics must be a non-empty list of metric names")
-    from radixpert.evaluate import registry
+    named = [m for m in [*metrics, data["rank_by"], data.get("offline_rank_by")] if m]
+    tasks: tuple[str, ...] = ()
+    if kind == "task":
+        raw_tasks = data["task"] if isinstance(data["task"], list) else [data["task"]]
+        if not raw_tasks or not all(isinstance(t, str) for t in raw_tasks):
+            raise InputError(f"{path}: task must be a task name or a non-empty list of them")
+        tasks = tuple(raw_tasks)
+        try:
+            families = {task_family(t) for t in tasks}
+        except UsageError as e:
+            raise InputError(f"{path}: {e}") from None
+        if len(families) > 1:
+            raise InputError(
+                f"{path}: tasks {', '.join(tasks)} are of different families "
+                f"({', '.join(sorted(families))}); one benchmark pools tasks of one family"
+            )
+        family = families.pop()
+        allowed = (*TASK_METRICS[family], *JUDGE_METRICS.get(family, ()))
+        unknown = [m for m in named if m not in allowed]
+        if unknown:
+            raise InputError(
+                f"{path}: metric(s) {', '.join(unknown)} are not scores of a {family} task "
+                f"(one of {', '.join(allowed)})"
+            )
+    else:
+        from radixpert.evaluate import registry
 
-    known = set(registry.names())
-    unknown = [m for m in [*metrics, data["rank_by"], data.get("offline_rank_by")] if m]
-    unknown = [m for m in unknown if m not in known]
-    if unknown:
-        raise InputError(f"{path}: unknown metric(s) {', '.join(unknown)} (see evaluate --list)")
+        known = set(registry.names())
+        unknown = [m for m in named if m not in known]
+        if unknown:
+            raise InputError(
+                f"{path}: unknown metric(s) {', '.join(unknown)} (see evaluate --list)"
+            )
+    if kind == "task":
+        outside = [m for m in named if m not in metrics]
+        if outside:
+            raise InputError(f"{path}: rank_by / offline_rank_by {outside[0]!r} is not in metrics")
     if not isinstance(data["version"], int):
         raise InputError(f"{path}: version must be an integer")
-    known_keys = {*_REQUIRED, "description", "prompt", "offline_rank_by", "source"}
+    known_keys = {*_REQUIRED, "kind", "track", "reference", "task", "description", "prompt",
+                  "offline_rank_by", "source"}  # fmt: skip
     return Benchmark(
         name=str(data["name"]),
         version=int(data["version"]),
@@ -194,8 +289,8 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
             split=ds.get("split"),
             studies=ds.get("studies"),
         ),
-        track=str(data["track"]),
-        reference=str(data["reference"]),
+        track=str(data.get("track", "")),
+        reference=str(data.get("reference", "")),
         prompt=str(data.get("prompt", "")),
         metrics=tuple(metrics),
         rank_by=str(data["rank_by"]),
@@ -204,6 +299,8 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
         path=path,
         sha256=hashlib.sha256(raw).hexdigest(),
         extra={k: v for k, v in data.items() if k not in known_keys},
+        kind=kind,
+        tasks=tasks,
     )
 
 
@@ -212,8 +309,12 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
 
 
 def read_records(path: str | Path, layout: str, split: str | None = None) -> dict[str, dict]:
-    """``{id: record}`` of a ReXrank JSON (test set or prediction file), or of Study records
-    (JSONL or Parquet, read by ``data.study.read_studies``: ``{id: {findings, impression}}``).
+    """``{id: record}`` of a ReXrank JSON (test set or prediction file), a ReXGradient-160K
+    metadata JSON (``{study key: {Findings, Impression, ...}}``, bare ``NaN`` read), Study
+    records (JSONL or Parquet, read by ``data.study.read_studies``: ``{id: {findings,
+    impression}}``) or conversations (``radixpert data instruct``'s JSONL: ``{id: {task,
+    study_id, answer (the last turn, which radixpert generate's answer is scored against),
+    conversations}}``).
 
     Raises:
         InputError: Missing file, bad JSON, a record that is not an object, an invalid Study,
@@ -223,13 +324,13 @@ def read_records(path: str | Path, layout: str, split: str | None = None) -> dic
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     out: dict[str, dict] = {}
-    if layout == "rexrank":
-        try:
+    if layout in ("rexrank", "rexgradient"):
+        try:  # Python's json reads the bare NaN both releases write
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
         if not isinstance(data, dict):
-            raise InputError(f"{path}: expected {{study id: record}} (ReXrank's layout)")
+            raise InputError(f"{path}: expected {{study id: record}} ({layout}'s layout)")
         for rid, rec in data.items():
             if not isinstance(rec, dict):
                 raise InputError(f"{path}: id {rid!r}: expected an object")
@@ -247,10 +348,39 @@ def read_records(path: str | Path, layout: str, split: str | None = None) -> dic
                 out[study.id] = {"findings": study.findings, "impression": study.impression}
         except StudyError as e:
             raise InputError(str(e)) from None
+    elif layout == "conversations":
+        out = _read_conversations(path)
     else:
         raise UsageError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}")
     if not out:
         raise InputError(f"{path}: no records" + (f" of split {split!r}" if split else ""))
+    return out
+
+
+def _read_conversations(path: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+            turns = rec.get("conversations") if isinstance(rec, dict) else None
+            if not isinstance(turns, list) or "id" not in rec:
+                raise InputError(f"{path}: line {n}: expected an object with id and conversations")
+            if not turns or not isinstance(turns[-1], dict) or turns[-1].get("from") != "gpt":
+                raise InputError(f"{path}: line {n}: the last turn is not an answer (gpt)")
+            rid = str(rec["id"])
+            if rid in out:
+                raise InputError(f"{path}: line {n}: duplicate id {rid!r}")
+            out[rid] = {
+                "task": str(rec.get("task", "")),
+                "study_id": str(rec.get("study_id", "")),
+                "answer": str(turns[-1].get("value", "")),
+                "conversations": turns,
+            }
     return out
 
 
@@ -262,6 +392,11 @@ def _missing(value: Any) -> bool:
 def _sections(record: dict[str, Any], layout: str) -> tuple[Any, Any]:
     if layout == "rexrank":
         return record.get("section_findings"), record.get("section_impression")
+    if layout == "rexgradient":  # a missing section is NaN or the string "None" there
+        return tuple(
+            None if isinstance(v, str) and v.strip().lower() in ("none", "nan") else v
+            for v in (record.get("Findings"), record.get("Impression"))
+        )
     return record.get("findings"), record.get("impression")
 
 

@@ -28,6 +28,13 @@ ReXrank's ``data/`` for the ReXrank sets), or, without it, from the prediction f
 when it carries the gold sections (ReXrank's prediction layout does). A benchmark's metric
 that cannot run here (its weights are absent) is skipped and listed with the reason; the
 ranking falls back to the benchmark's ``offline_rank_by`` and the result says so.
+
+A task benchmark (``kind: task``) reads ``radixpert generate``'s answers to conversations
+(``--predictions``), or generates them for the benchmark's conversations only (``--model``),
+takes the truth from the conversations file under ``--data`` (else the answers' ``report``),
+and scores them with ``leaderboard.tasks.score_tasks`` into the same result layout. Its judge
+metric needs ``--judge-url/--judge-model`` or ``--judge-local``; without one it is skipped and
+the run says it needs a judge endpoint.
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ def run_benchmark(
     seed: int = 0,
     allow_missing: bool = False,
     metric_options: dict[str, Any] | None = None,
+    judge: Any = None,
     progress: TextIO | None = None,
 ) -> dict[str, Any]:
     """Scores ``predictions`` under ``bench``; returns (and, with ``out_dir``, writes) the
@@ -99,15 +107,22 @@ def run_benchmark(
         bootstrap, seed: Resamples and seed of the bootstrap intervals.
         allow_missing: Score the common ids when a reference has no prediction (else an
             error naming them).
+        judge: A ``JudgeBackend`` for a task benchmark's judge metric (None: it is skipped,
+            and the result says it needs a judge endpoint).
 
     Raises:
         InputError: Missing or malformed files, predictions without text, unmatched ids.
     """
-    from radixpert.evaluate.base import package_versions
     from radixpert.evaluate.io import Pairs
-    from radixpert.evaluate.runner import EvaluationOptions, run_metrics, write_results
+    from radixpert.evaluate.runner import EvaluationOptions, run_metrics
 
     predictions = Path(predictions)
+    if bench.kind == "task":
+        return _run_task(
+            bench, predictions, data=data, model=model, out_dir=out_dir, metrics=metrics,
+            bootstrap=bootstrap, seed=seed, allow_missing=allow_missing, judge=judge,
+            progress=progress,
+        )  # fmt: skip
     pred_records = read_records(predictions, "rexrank")
     if data is not None:
         ref_file = Path(data) / bench.dataset.file
@@ -153,11 +168,40 @@ def run_benchmark(
         explicit=metrics is not None,
     )
     scored, skipped = run_metrics(pairs, opts, progress)
-    rank_metric = _rank_metric(bench, scored)
+    return _document(
+        bench, predictions, model, out_dir, ref_file, len(gold), ids, scored, skipped,
+        excluded=excluded, missing=missing, extra=extra, empty=pairs.empty_candidates,
+        bootstrap=bootstrap, seed=seed,
+        why="no text for the track's sections (clean reference)",
+    )  # fmt: skip
+
+
+def _document(
+    bench: Benchmark,
+    predictions: Path,
+    model: str | None,
+    out_dir: str | Path | None,
+    ref_file: Path,
+    records: int,
+    ids: list[str],
+    scored: dict[str, Any],
+    skipped: dict[str, str],
+    *,
+    excluded: list[str],
+    missing: list[str],
+    extra: list[str],
+    empty: list[str],
+    bootstrap: int,
+    seed: int,
+    why: str,
+) -> dict[str, Any]:
+    """The result document (module doc), written under ``out_dir`` when given."""
+    import radixpert
+    from radixpert.evaluate.base import package_versions
+    from radixpert.evaluate.runner import write_results
+
     meta_file = predictions.with_name(predictions.stem + ".meta.json")
     model_name = model or predictions.stem
-    import radixpert
-
     result = {
         "format": RESULT_FORMAT,
         "format_version": 1,
@@ -173,22 +217,15 @@ def run_benchmark(
         "references": {
             "path": str(ref_file),
             "sha256": _sha256(ref_file),
-            "records": len(gold),
+            "records": records,
             "scored": len(ids),
-            "excluded": {
-                "count": len(excluded),
-                "ids": excluded,
-                "why": "no text for the track's sections (clean reference)",
-            },
+            "excluded": {"count": len(excluded), "ids": excluded, "why": why},
             "without_prediction": {"count": len(missing), "ids": missing},
             "predictions_not_in_benchmark": {"count": len(extra), "ids": extra[:100]},
-            "empty_predictions": {
-                "count": len(pairs.empty_candidates),
-                "ids": pairs.empty_candidates,
-            },
+            "empty_predictions": {"count": len(empty), "ids": empty},
         },
         "confidence": {"level": 0.95, "bootstrap_resamples": bootstrap, "bootstrap_seed": seed},
-        "ranking": rank_metric,
+        "ranking": _rank_metric(bench, scored),
         "metrics": scored,
         "skipped_metrics": skipped,
         "ids": ids,
@@ -203,6 +240,86 @@ def run_benchmark(
         write_results(result, path)
         result["_path"] = str(path)
     return result
+
+
+def _run_task(
+    bench: Benchmark,
+    predictions: Path,
+    *,
+    data: str | Path | None,
+    model: str | None,
+    out_dir: str | Path | None,
+    metrics: list[str] | None,
+    bootstrap: int,
+    seed: int,
+    allow_missing: bool,
+    judge: Any,
+    progress: TextIO | None,
+) -> dict[str, Any]:
+    """A task benchmark: the answers of ``radixpert generate`` to the benchmark's tasks, the
+    truth from the conversations file under ``data`` (else the answers' own ``report``)."""
+    from radixpert.leaderboard.tasks import score_tasks
+
+    preds = read_records(predictions, "rexrank")
+    wanted = set(bench.tasks)
+    turns: dict[str, Any] | None = None
+    if data is not None:
+        ref_file = Path(data) / bench.dataset.file
+        gold = read_records(ref_file, "conversations")
+        truth = {i: r["answer"] for i, r in gold.items() if r["task"] in wanted}
+        turns = {i: gold[i]["conversations"] for i in truth}
+        records = len(gold)
+    else:
+        lacking = [i for i, r in preds.items() if "task" not in r or "report" not in r]
+        if lacking:
+            raise InputError(
+                f"{predictions}: no task or true answer (report) in {len(lacking)} record(s), "
+                f"e.g. {lacking[0]!r}; give --data, the folder holding {bench.dataset.file}"
+            )
+        truth = {i: str(r["report"] or "") for i, r in preds.items() if r["task"] in wanted}
+        ref_file, records = predictions, len(preds)
+    if not truth:
+        raise InputError(
+            f"{ref_file}: no conversation of task {', '.join(bench.tasks)} ({bench.name})"
+        )
+    for rid, rec in preds.items():
+        if "model_prediction" not in rec:
+            raise InputError(
+                f"prediction {rid!r}: no model_prediction (radixpert generate's answer to a "
+                f"conversation); has {', '.join(sorted(rec)) or 'nothing'}"
+            )
+        if rid in truth and rec.get("task") not in (None, "", *wanted):
+            raise InputError(
+                f"prediction {rid!r} answers task {rec['task']!r}, the benchmark's file has it "
+                f"as {', '.join(bench.tasks)}: are these answers to {bench.dataset.file}?"
+            )
+    missing = [i for i in truth if i not in preds]
+    extra = [i for i in preds if i not in truth]
+    if missing and not allow_missing:
+        raise InputError(
+            f"{predictions}: no answer for {len(missing)} of {len(truth)} conversations of "
+            f"{bench.name} (e.g. {', '.join(map(repr, missing[:5]))}); pass --allow-missing "
+            "to score the common ids"
+        )
+    ids = [i for i in truth if i in preds]
+    if not ids:
+        raise InputError(f"{predictions}: no answer matches a conversation of {bench.name}")
+    scoring = {
+        i: {"task": preds[i].get("task") or bench.tasks[0], "report": truth[i],
+            "model_prediction": preds[i]["model_prediction"],
+            "study_id": preds[i].get("study_id", "")}
+        for i in ids
+    }  # fmt: skip
+    scored, skipped = score_tasks(
+        bench, ids, scoring, metrics=metrics, bootstrap=bootstrap, seed=seed, judge=judge,
+        conversations=turns, progress=progress,
+    )  # fmt: skip
+    empty = [i for i in ids if not str(scoring[i]["model_prediction"] or "").strip()]
+    return _document(
+        bench, predictions, model, out_dir, ref_file, records, ids, scored, skipped,
+        excluded=[], missing=missing, extra=extra, empty=empty, bootstrap=bootstrap,
+        seed=seed, why="none (every conversation of the benchmark's tasks is scored)",
+    )  # fmt: skip
 
 
 def metric_key(metrics: dict[str, Any], name: str) -> str | None:
@@ -279,6 +396,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="score the common ids when some references have no prediction",
     )
+    judge = run.add_argument_group("LLM judge (a task benchmark's conversation-judge)")
+    judge.add_argument("--judge-url", help="an OpenAI-compatible server (/v1) on this machine")
+    judge.add_argument("--judge-model", help="the model name the server serves")
+    judge.add_argument("--judge-api-key-env", help="environment variable holding its token")
+    judge.add_argument("--judge-allow-remote", action="store_true",
+                       help="allow a judge on another host (reports are patient data)")  # fmt: skip
+    judge.add_argument("--judge-local", help="a transformers model folder or cached hub id")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     run.set_defaults(func=_run_run)
 
@@ -321,12 +445,20 @@ def generate_for(
     folder.mkdir(parents=True, exist_ok=True)
     split = bench.dataset.split
     image_root: Path | None = None
-    if bench.dataset.layout == "rexrank":
+    if bench.kind == "task":
+        # Only the benchmark's tasks are answered; images stay relative to the original file.
+        studies = folder / f"{bench.name}.conversations.jsonl"
+        _task_conversations(source, set(bench.tasks), studies)
+        image_root, split = source.parent, None
+    elif bench.dataset.layout in ("rexrank", "rexgradient"):
         from radixpert.data.prepare import prepare
 
         studies = folder / f"{bench.dataset.name}.studies.jsonl"
         if not studies.is_file():
-            prepare("rexrank", data, studies, files=source.name)
+            if bench.dataset.layout == "rexrank":
+                prepare("rexrank", data, studies, files=source.name)
+            else:  # the release's root holds metadata/ and deid_png/
+                prepare("rexgradient", data, studies, splits=(split or "test",))
         image_root, split = data, None
     else:
         studies = source
@@ -336,6 +468,32 @@ def generate_for(
         model_dir, studies, out, settings, image_root=image_root, split=split, progress=progress
     )
     return out
+
+
+def _task_conversations(source: Path, tasks: set[str], out: Path) -> None:
+    """The lines of ``source`` whose ``task`` is one of ``tasks``, written to ``out``."""
+    from radixpert.io import atomic_write
+
+    kept = 0
+    with source.open(encoding="utf-8") as f, atomic_write(out) as w:
+        for line in f:
+            if line.strip() and json.loads(line).get("task") in tasks:
+                w.write(line if line.endswith("\n") else line + "\n")
+                kept += 1
+    if not kept:
+        raise InputError(f"{source}: no conversation of task {', '.join(sorted(tasks))}")
+
+
+def _judge(args: argparse.Namespace) -> Any:
+    """The judge backend the options name, or None."""
+    if not (args.judge_url or args.judge_local):
+        return None
+    from radixpert.evaluate.judges.backend import backend_from_options
+
+    return backend_from_options(
+        args.judge_url, args.judge_model, args.judge_api_key_env, args.judge_allow_remote,
+        args.judge_local,
+    )  # fmt: skip
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -348,6 +506,7 @@ def _run_run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise UsageError(f"a benchmark is named twice: {names}")
     progress = None if args.quiet else sys.stderr
+    judge = _judge(args)
     for bench in benches:
         if progress:
             print(f"benchmark {bench.name} (v{bench.version})", file=progress, flush=True)
@@ -370,8 +529,11 @@ def _run_run(args: argparse.Namespace) -> int:
             bootstrap=args.bootstrap,
             seed=args.seed,
             allow_missing=args.allow_missing,
+            judge=judge,
             progress=progress,
         )
+        for name, why in result["skipped_metrics"].items():
+            print(f"{bench.name}: {name} not run: {why}", file=sys.stderr)
         rank = result["ranking"]
         shown = "n/a" if rank["value"] is None else f"{rank['value']:.4f}"
         label = rank["metric"] if not rank.get("transform") else f"1/{rank['metric']}"

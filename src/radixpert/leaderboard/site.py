@@ -188,6 +188,12 @@ class Column:
     higher_is_better: bool
     inverse: bool  # shown (and ranked) as 1/mean, higher is better
     corpus: bool  # the aggregate is a corpus statistic, not the mean of per-sample scores
+    pooled: bool = False  # every result stores what the statistic needs (leaderboard.pooled)
+
+    @property
+    def on_means(self) -> bool:
+        """A corpus statistic whose tests can only use the mean of per-sample scores."""
+        return self.corpus and not self.pooled
 
 
 @dataclass
@@ -236,7 +242,9 @@ class Board:
 def _column(key: str, results: Sequence[Result]) -> Column:
     entries = [r.doc["metrics"][key] for r in results]
     inverse = any(e.get("display_transform") for e in entries)
-    corpus = any(
+    statistics = {(e.get("pooled") or {}).get("statistic") for e in entries}
+    pooled = len(statistics) == 1 and None not in statistics
+    corpus = pooled or any(
         not math.isclose(float(e["aggregate"]), float(e["mean"]), rel_tol=1e-9, abs_tol=1e-12)
         for e in entries
         if _finite(e.get("aggregate")) and _finite(e.get("mean"))
@@ -247,6 +255,7 @@ def _column(key: str, results: Sequence[Result]) -> Column:
         higher_is_better=True if inverse else bool(entries[0]["higher_is_better"]),
         inverse=inverse,
         corpus=corpus,
+        pooled=pooled,
     )
 
 
@@ -378,6 +387,7 @@ def rank_board(
     the ranking (arguments as ``build_site``'s)."""
     from radixpert.evaluate import compare
     from radixpert.evaluate.stats import bootstrap_indices
+    from radixpert.leaderboard import pooled
 
     _check_options(test, correction, resamples, rank_resamples)
     bench = results[0].doc["benchmark"]
@@ -414,27 +424,43 @@ def rank_board(
         )
         for i in order
     ]
-    # Rank stability: the mean per-sample score on each resample; an inverse metric ranks by
-    # the lower mean (1/mean, higher, for positive means).
+    # Rank stability: the ranking statistic on each resample (the corpus statistic rebuilt
+    # from the stored per-record counts when the results hold them, else the mean per-sample
+    # score); an inverse metric ranks by the lower mean (1/mean, higher, for positive means).
     sign = 1.0 if (ranking.higher_is_better and not ranking.inverse) else -1.0
     idx = bootstrap_indices(len(ids), rank_resamples, seed)
-    means = np.stack([scores[i][idx].mean(axis=1) for i in order], axis=1)  # (R, models)
+    entries = [r.doc["metrics"][key] for r in results]
+    if ranking.pooled:
+        fns = [pooled.corpus_fn(entries[i], orders[i]) for i in order]
+        means = np.array([[fn(row) for fn in fns] for row in idx])  # type: ignore[misc]
+        means = np.where(np.isnan(means), -np.inf * sign, means)  # undefined ranks last
+    else:
+        means = np.stack([scores[i][idx].mean(axis=1) for i in order], axis=1)  # (R, models)
     sampled = _ranks(sign * means)
     for j, row in enumerate(rows):
         counts = np.bincount(sampled[:, j], minlength=len(rows) + 1)[1:]
         row.rank_probs = (counts / rank_resamples).tolist()
     # Paired tests against the leader, adjusted across the benchmark's comparisons.
-    leader = scores[order[0]]
+    lead = order[0]
+    leader = scores[lead]
     for j, i in enumerate(order[1:], 1):
         try:
             if test == "approximate-randomization":
+                fn = (
+                    pooled.pooled_fn(entries[lead], entries[i], orders[lead], orders[i])
+                    if ranking.pooled
+                    else None
+                )
                 outcome = compare.approximate_randomization(
-                    leader, scores[i], resamples=resamples, seed=seed
+                    leader, scores[i], resamples=resamples, seed=seed, pooled_corpus_fn=fn
                 )
             else:
+                fa = pooled.corpus_fn(entries[lead], orders[lead]) if ranking.pooled else None
+                fb = pooled.corpus_fn(entries[i], orders[i]) if ranking.pooled else None
                 outcome = compare.paired_bootstrap(
-                    leader, scores[i], resamples=resamples, seed=seed
-                )
+                    leader, scores[i], resamples=resamples, seed=seed, corpus_fn_a=fa,
+                    corpus_fn_b=fb,
+                )  # fmt: skip
         except ValueError as e:
             raise InputError(
                 f"benchmark {name!r}: {rows[j].model!r} against the leader: {e}"
@@ -559,16 +585,34 @@ def _p(p: float | None, resamples: int) -> str:
 def _test_note(board: Board, test: str, correction: str, resamples: int) -> str:
     c = board.ranking
     extra = ""
-    if c.corpus:
-        extra += f"; the aggregate of {c.key} is a corpus statistic, these are per-report values"
+    if c.on_means:
+        extra += (
+            f"; the aggregate of {c.key} is a corpus statistic, but the results keep only its "
+            "per-sample values, so the test compares their means, not the statistic"
+        )
     if c.inverse:
         extra += f"; raw {c.key}, lower is better, while the table shows 1/mean"
+    if c.pooled:
+        what = (
+            f"{c.key} itself, the corpus statistic recomputed on every swapped or resampled "
+            "set from the per-record counts the results store"
+        )
+    else:
+        what = f"the per-sample scores of {c.key} (their means compared{extra})"
     return (
-        f"Paired {test} test ({resamples} resamples) of each model against the leader on the "
-        f"per-sample scores of {c.key} (their means compared{extra}); p-values adjusted "
-        f"across the benchmark's {max(0, len(board.rows) - 1)} comparisons ({correction}); "
-        f"differs: adjusted p < {ALPHA}."
+        f"Paired {test} test ({resamples} resamples) of each model against the leader on "
+        f"{what}; p-values adjusted across the benchmark's {max(0, len(board.rows) - 1)} "
+        f"comparisons ({correction}); differs: adjusted p < {ALPHA}."
     )
+
+
+def test_statistic(column: Column) -> str:
+    """What the paired test and the rank stability compare for a column's metric."""
+    if column.pooled:
+        return "corpus statistic, pooled from the per-record counts in the results"
+    if column.corpus:
+        return "mean of per-sample scores (a corpus statistic whose inputs are not stored)"
+    return "mean of per-sample scores (the aggregate)"
 
 
 @dataclass(frozen=True)
@@ -584,9 +628,9 @@ def _table(board: Board, opts: dict[str, Any]) -> tuple[list[str], list[list[_Ce
     P(rank 1), the ranking metric and its test against the leader, then the other metrics."""
     best, n = board.best, opts["resamples"]
     rank_col, others = board.columns[0], board.columns[1:]
-    head = ["rank", "model", "P(rank 1)", rank_col.label, "Δ vs leader", "p"]
+    head = ["rank", "model", "P(rank 1)", _head(rank_col), "Δ vs leader", "p"]
     head += [f"adjusted p ({opts['correction']})", "differs from leader"]
-    head += [c.label for c in others]
+    head += [_head(c) for c in others]
     rows = []
     for row in board.rows:
 
@@ -620,9 +664,31 @@ def _table(board: Board, opts: dict[str, Any]) -> tuple[list[str], list[list[_Ce
     return head, rows
 
 
+MEANS_MARK = "†"
+
+
+def _head(c: Column) -> str:
+    """A column's header: its label, marked when its tests can only compare means."""
+    return f"{c.label} {MEANS_MARK}" if c.on_means else c.label
+
+
 def _notes(board: Board) -> str:
-    """What the table leaves out: metrics not in every result, metrics skipped in the runs."""
+    """What the table leaves out: metrics not in every result, metrics skipped in the runs;
+    and which columns are tested on per-sample means in place of their corpus statistic."""
     notes = []
+    marked = [c.key for c in board.columns if c.on_means]
+    if marked:
+        notes.append(
+            f"{MEANS_MARK} corpus statistic ({', '.join(marked)}): the result files keep only "
+            "per-sample scores for it, so where it ranks, the paired test and the rank "
+            "stability use the mean of the per-sample scores, not the statistic itself"
+        )
+    pooled_cols = [c.key for c in board.columns if c.pooled]
+    if pooled_cols:
+        notes.append(
+            f"corpus statistics tested as themselves ({', '.join(pooled_cols)}): recomputed "
+            "from the per-record counts the results store"
+        )
     if board.partial_metrics:
         notes.append(
             "not in every result, so not in the table: " + ", ".join(board.partial_metrics)
@@ -813,13 +879,17 @@ def _settings(boards: Sequence[Board], opts: dict[str, Any]) -> dict[str, Any]:
             "dataset": board.record.get("dataset"),
             "track": board.record.get("track"),
             "reference": board.record.get("reference"),
+            "kind": board.record.get("kind", "report"),
+            "tasks": board.record.get("tasks"),
             "studies_scored": len(board.ids),
             "ranking": {
                 "metric": board.ranking.key,
                 "shown_as": board.ranking.label,
                 "from": board.ranking_from,
                 "why": board.why,
+                "test_statistic": test_statistic(board.ranking),
             },
+            "test_statistic_per_metric": {c.key: test_statistic(c) for c in board.columns},
             "models": models,
         }
     return {
@@ -831,7 +901,9 @@ def _settings(boards: Sequence[Board], opts: dict[str, Any]) -> dict[str, Any]:
             "method": opts["test"],
             "resamples": opts["resamples"],
             "seed": opts["seed"],
-            "against": "the leader, on the ranking metric's per-sample scores (their mean)",
+            "against": "the leader, on the ranking metric: its corpus statistic where the "
+            "results store its per-record counts, else the mean of its per-sample scores "
+            "(benchmarks.<name>.ranking.test_statistic)",
             "alpha": ALPHA,
             "correction": opts["correction"],
             "corrected_over": "each benchmark's comparisons",
