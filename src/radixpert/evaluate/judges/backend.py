@@ -33,18 +33,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import math
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from radixpert.errors import LLMError, MetricUnavailable
 from radixpert.evaluate.base import Metric, progress
-from radixpert.evaluate.cache import TextCache, files_fingerprint
+from radixpert.evaluate.cache import TextCache, file_sha256
 
 __all__ = [
     "EndpointJudge",
@@ -56,6 +57,8 @@ __all__ = [
     "ask",
     "ask_all",
     "backend_from_options",
+    "json_answer",
+    "mean_over_judged",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,13 +148,15 @@ class LocalJudge(JudgeBackend):
         self.dtype = dtype
         self._model: Any = None
         self._tokenizer: Any = None
-        folder = Path(name)
-        if folder.is_dir():
-            names = sorted(p.name for p in folder.iterdir() if p.is_file())
-            fingerprint = files_fingerprint(folder, names)
-        else:
-            fingerprint = "hub"
-        self.identity = f"local:{name}:{fingerprint}"
+        self.folder = _local_folder(name)
+        # Greedy answers differ between float32 and bfloat16, so the dtype names the judge too.
+        fingerprint = model_fingerprint(self.folder) if self.folder is not None else "uncached"
+        self.identity = f"local:{name}:{fingerprint}:{self._dtype_name()}"
+
+    def _dtype_name(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if self.device.startswith("cuda") else "float32"
 
     def _load(self) -> None:
         if self._model is not None:
@@ -159,11 +164,10 @@ class LocalJudge(JudgeBackend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        if self.dtype == "auto":
-            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        else:
-            dtype = getattr(torch, self.dtype)
+        from radixpert.paths import offline as hub_offline
+
+        offline = hub_offline()
+        dtype = getattr(torch, self._dtype_name())
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.name, local_files_only=offline)
             self._model = AutoModelForCausalLM.from_pretrained(
@@ -196,7 +200,46 @@ class LocalJudge(JudgeBackend):
         return str(tok.decode(answer, skip_special_tokens=True))
 
     def describe(self) -> dict[str, Any]:
-        return {"judge": self.identity, "judge_model": self.name, "judge_device": self.device}
+        return {
+            "judge": self.identity,
+            "judge_model": self.name,
+            "judge_device": self.device,
+            "judge_dtype": self._dtype_name(),
+        }
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _local_folder(name: str) -> Path | None:
+    """The folder a local judge loads: `name` itself, or its snapshot in the hub cache."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return folder
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not cached or not a hub id: loading will say so, with the reason
+        return None
+
+
+def model_fingerprint(folder: Path) -> str:
+    """A short hash naming a checkpoint folder's exact files, quickly.
+
+    Config, tokenizer, chat template and generation files are hashed whole; weight files
+    (many GB) by name and size, which with the rest identifies a checkpoint without reading
+    it on every run. A hub snapshot's folder name (its commit) is part of the hash.
+    """
+    h = hashlib.sha256(folder.name.encode() if folder.parent.name == "snapshots" else b"")
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        if path.name.startswith("."):
+            continue
+        if path.suffix in WEIGHT_SUFFIXES:
+            h.update(f"{path.name}:{path.stat().st_size}|".encode())
+        else:
+            h.update(f"{path.name}:{file_sha256(path)}|".encode())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -267,21 +310,31 @@ def ask(
     return Judgement(None, raw, retries + 1, error=error)
 
 
+TRANSPORT_BACKOFF_S = 1.0  # first wait after a transport error; doubled each time, at most 8x
+
+
 def _complete(backend: JudgeBackend, messages: Messages, max_tokens: int, retries: int) -> str:
     for attempt in range(retries + 1):
         try:
             return backend.complete(messages, max_tokens=max_tokens)
-        except LLMError:
+        except (LLMError, OSError) as e:
+            # A reset connection surfaces as a bare OSError from http.client, not an LLMError.
             if attempt == retries:
-                raise
-            time.sleep(min(2.0**attempt, 8.0))
+                if isinstance(e, LLMError):
+                    raise
+                raise LLMError(f"judge {backend.identity}: {e}") from None
+            log.warning("judge request failed (%s); retrying", e)
+            time.sleep(TRANSPORT_BACKOFF_S * min(2.0**attempt, 8.0))
     raise AssertionError("unreachable")
+
+
+Parse = Callable[[str], Any]
 
 
 def ask_all(
     backend: JudgeBackend,
     conversations: Sequence[Messages],
-    parse: Callable[[str], Any],
+    parse: Parse | Sequence[Parse],
     *,
     prompt_version: str,
     namespace: str = "judges",
@@ -295,6 +348,8 @@ def ask_all(
     """`ask` for each conversation, in order: identical ones asked once, parsed ones cached.
 
     Args:
+        parse: the parser of every answer, or one per conversation (when what is valid
+            depends on the question, e.g. the number of lines to be judged).
         prompt_version: part of the cache key; change it whenever the prompt or the parser
             changes what a judgement means.
         workers: questions in flight at once, for a backend that takes several (an HTTP
@@ -312,24 +367,46 @@ def ask_all(
         done: dict[str, Judgement] = {
             k: Judgement(v["value"], v["raw"], 0, cached=True) for k, v in hits.items()
         }
+        parsers = [parse] * len(keys) if callable(parse) else list(parse)
+        if len(parsers) != len(keys):
+            raise ValueError(f"{len(parsers)} parsers for {len(keys)} conversations")
+        parser_of = dict(zip(keys, parsers))
         todo = {k: c for k, c in zip(keys, conversations, strict=True) if k not in done}
+
+        def one(key: str) -> Judgement:
+            return ask(
+                backend, list(todo[key]), parser_of[key], retries=retries, max_tokens=max_tokens
+            )
+
+        def keep(key: str, j: Judgement) -> None:
+            # Stored as each answer arrives (from this thread: sqlite connections are not
+            # shared), so a run stopped by a transport error keeps what it had.
+            done[key] = j
+            if j.ok:
+                store.put_many({key: {"value": j.value, "raw": j.raw}})
+            bar.update(1)
+
         with progress(len(todo), desc, unit="questions") as bar:
-
-            def one(item: tuple[str, Messages]) -> tuple[str, Judgement]:
-                k, conv = item
-                j = ask(backend, list(conv), parse, retries=retries, max_tokens=max_tokens)
-                bar.update(1)
-                return k, j
-
             n = max(1, workers) if backend.concurrent else 1
             if n == 1:
-                answered = [one(item) for item in todo.items()]
+                for key in todo:
+                    keep(key, one(key))
             else:
                 with ThreadPoolExecutor(n) as pool:
-                    answered = list(pool.map(one, todo.items()))
-        fresh = {k: j for k, j in answered}
-        store.put_many({k: {"value": j.value, "raw": j.raw} for k, j in fresh.items() if j.ok})
-        done.update(fresh)
+                    futures = {pool.submit(one, k): k for k in todo}
+                    error: BaseException | None = None
+                    for f in as_completed(futures):
+                        if f.cancelled():
+                            continue
+                        if f.exception() is not None:
+                            # Stop asking; what is in flight finishes and is kept.
+                            error = error or f.exception()
+                            for other in futures:
+                                other.cancel()
+                            continue
+                        keep(futures[f], f.result())
+                    if error is not None:
+                        raise error
     finally:
         store.close()
     return [done[k] for k in keys]
@@ -373,6 +450,67 @@ NO_JUDGE = (
 )
 
 
+_FENCE = re.compile(r"\A```(?:json)?[ \t]*\n(?P<body>.*?)\n?```\Z", re.DOTALL)
+
+
+def json_answer(text: str) -> Any:
+    """The one JSON value an answer consists of, strictly.
+
+    Surrounding whitespace and one Markdown fence (```json ... ```) around the whole answer
+    are tolerated; anything else before or after the value, a duplicated key, NaN or
+    Infinity raise JudgeParseError with a reason the judge can act on.
+    """
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    if fenced:
+        body = fenced.group("body").strip()
+    if not body:
+        raise JudgeParseError("the answer is empty")
+    if body[0] not in "{[":
+        raise JudgeParseError(
+            "the answer must start with the JSON value itself, with no text before it"
+        )
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise JudgeParseError(f"key {repeated[0]!r} appears twice")
+        return dict(pairs)
+
+    def no_constant(name: str) -> Any:
+        raise JudgeParseError(f"{name} is not allowed; use numbers only")
+
+    decoder = json.JSONDecoder(object_pairs_hook=no_duplicates, parse_constant=no_constant)
+    try:
+        value, end = decoder.raw_decode(body)
+    except json.JSONDecodeError as e:
+        raise JudgeParseError(
+            f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        ) from None
+    if body[end:].strip():
+        raise JudgeParseError("there is text after the JSON value; give the JSON value only")
+    return value
+
+
+def mean_over_judged(values: Sequence[float]) -> tuple[float, Callable[[Any], float]]:
+    """(mean of the non-NaN values, the same statistic on a resample's index array).
+
+    A judge metric scores a pair whose answer never parsed as NaN: it is counted (the
+    metric's `detailed` says how many), and left out of the mean rather than guessed.
+    """
+    import numpy as np
+
+    scores = np.asarray(values, dtype=float)
+
+    def corpus_fn(idx: Any) -> float:
+        x = scores[np.asarray(idx, dtype=int)]
+        x = x[~np.isnan(x)]
+        return float(x.mean()) if x.size else math.nan
+
+    return corpus_fn(np.arange(len(scores))), corpus_fn
+
+
 def digest(text: str) -> str:
     """A short content hash (for prompt texts recorded in settings)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
@@ -383,11 +521,14 @@ class JudgeMetric(Metric):
 
     The judge is named by the command line's options (`backend_from_options`) or given as
     `backend`; without one the metric cannot run and `check()` says what to pass.
-    Subclasses set `prompt_version` and call `self.judge(conversations, parse)`.
+    Subclasses set `prompt_version` and call `self.judge(conversations, parse)`. Metrics
+    that read the same judgement in different ways (one prompt, several scores) share
+    `cache_namespace`, so the second asks nothing.
     """
 
     prompt_version: str = ""
     max_tokens: int = 1024
+    cache_namespace: str = ""  # default: the metric's name
 
     def __init__(
         self,
@@ -413,7 +554,7 @@ class JudgeMetric(Metric):
         return super().check() or (None if self.backend is not None else NO_JUDGE)
 
     def judge(
-        self, conversations: Sequence[Messages], parse: Callable[[str], Any]
+        self, conversations: Sequence[Messages], parse: Parse | Sequence[Parse]
     ) -> list[Judgement]:
         if self.backend is None:
             raise MetricUnavailable(f"{self.name}: {NO_JUDGE}")
@@ -422,7 +563,7 @@ class JudgeMetric(Metric):
             conversations,
             parse,
             prompt_version=self.prompt_version,
-            namespace=f"judge-{self.name}",
+            namespace=f"judge-{self.cache_namespace or self.name}",
             cache=self.use_cache,
             retries=self.retries,
             max_tokens=self.max_tokens,
@@ -437,5 +578,6 @@ class JudgeMetric(Metric):
             **self.backend.describe(),
             "prompt_version": self.prompt_version,
             "retries": self.retries,
+            "max_tokens": self.max_tokens,
             **judge_settings(results),
         }
