@@ -126,3 +126,30 @@ def test_non_pair_settings_are_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train", "msa_lora", "--dry-run", "stray"])
     assert "expected key=value settings, got: stray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-o", "{dir}"], "--out {dir}: is a folder; give a file name"),
+        (["--per-sample", "{dir}"], "--per-sample {dir}: is a folder"),
+        (["--seed", "-1"], "--seed -1: a seed is 0 or more"),
+        (["--bootstrap", "-5"], "--bootstrap -5: the number of resamples must be 0 (none) to"),
+        (["--bootstrap", "100000000"], "--bootstrap 100000000: the number of resamples"),
+        (["--text-column", "note", "--section", "findings"], "--text-column and --section"),
+    ],
+)
+def test_evaluate_refuses_bad_options_before_scoring(tmp_path, capsys, extra, message) -> None:
+    import json
+
+    r, c = tmp_path / "r.json", tmp_path / "c.json"
+    r.write_text(json.dumps({"a": "No effusion.", "b": "Edema."}))
+    c.write_text(json.dumps({"a": "Small effusion.", "b": "Mild edema."}))
+    folder = tmp_path / "results"
+    folder.mkdir()
+    args = [a.replace("{dir}", str(folder)) for a in extra]
+    assert main(["evaluate", "-r", str(r), "-c", str(c), "-m", "rouge-l", *args]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("{dir}", str(folder)) in err
+    assert "[1/1]" not in err and len(err.strip().splitlines()) == 1  # nothing was scored
+    assert list(folder.iterdir()) == []

@@ -25,6 +25,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "RaTEScore": ("RaTEScore==0.6.0", "metrics"),
     "medspacy": ("medspacy", "metrics"),
     "pycocoevalcap": ("pycocoevalcap==1.2", "coco"),
+    "rouge_score": ("rouge-score==0.1.2", "coco"),
     "sklearn": ("scikit-learn", "metrics"),
     "pandas": ("pandas", "metrics"),
     "sentencepiece": ("sentencepiece", "metrics"),

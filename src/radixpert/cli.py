@@ -28,6 +28,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from radixpert.errors import RadixpertError, UsageError
 from radixpert.evaluate.io import SECTIONS  # stdlib only: keeps --help light
@@ -43,7 +44,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Score candidate reports against reference reports, matched by id. Inputs: "
             "ReXrank-style JSON ({id: report} or records with id and report, or "
-            "findings/impression), JSONL, or CSV with id and report columns."
+            "findings/impression), JSONL, or CSV with id and report columns. Ids match after "
+            "Unicode NFC normalisation. The results file (--out) is strict JSON: a number "
+            "that is not finite is null."
         ),
     )
     p.add_argument("--references", "-r", help="reference reports (.json, .jsonl, .csv)")
@@ -68,7 +71,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "conversations (classification F1, grounding / detection mAP@0.5 and mean IoU, token "
         "F1, per task)",
     )
-    p.add_argument("--out", "-o", help="results JSON (written atomically)")
+    p.add_argument("--out", "-o", help="results JSON (written atomically; strict JSON)")
     p.add_argument("--per-sample", help="per-sample scores, CSV or .jsonl (one row per id)")
     p.add_argument(
         "--section",
@@ -84,12 +87,34 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "radixpert generate --split answers one split)",
     )
     p.add_argument(
+        "--id-column",
+        metavar="NAME",
+        default=None,
+        help="the id's field or CSV column in both files, by exact name (default: id, "
+        "study_id, uid, ...)",
+    )
+    p.add_argument(
+        "--text-column",
+        metavar="NAME",
+        default=None,
+        help="the report's field or CSV column in both files, by exact name (instead of "
+        "--section's fields)",
+    )
+    p.add_argument(
         "--allow-missing",
         action="store_true",
         help="score the common ids when some ids are on one side only",
     )
-    p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--skip-empty-references",
+        action="store_true",
+        help="leave out the pairs whose reference is blank (counted, ids in the results); "
+        "without it a blank reference is an error",
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=500, help="bootstrap resamples (0: none; at most 1e6)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0 or more)")
     p.add_argument(
         "--tokenizer",
         default="basic",
@@ -107,6 +132,56 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         help="do not read or write the per-text cache of model outputs",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    judge = p.add_argument_group(
+        "LLM judges (chexprompt, crimson-weighted, fineradscore, radfact, conversation-judge; "
+        "docs/judges.md)"
+    )
+    judge.add_argument(
+        "--judge-url", help="an OpenAI-compatible server (/v1) on this machine, e.g. vLLM"
+    )
+    judge.add_argument("--judge-model", help="the model name the server serves")
+    judge.add_argument("--judge-api-key-env", help="environment variable holding its token")
+    judge.add_argument(
+        "--judge-allow-remote",
+        action="store_true",
+        help="allow a judge on another host: report text (patient data) then leaves this machine",
+    )
+    judge.add_argument("--judge-local", help="a transformers model folder or cached hub id")
+    judge.add_argument(
+        "--judge-workers", type=int, default=4, help="questions in flight at once (server)"
+    )
+    judge.add_argument(
+        "--judge-retries", type=int, default=2, help="re-asks after an unparsable answer"
+    )
+    other = p.add_argument_group("other analyses")
+    other.add_argument(
+        "--against-raters",
+        metavar="REXVAL",
+        help="Kendall tau-b of --metrics against radiologists' error counts: ReXVal's folder "
+        "or one of its two CSVs (docs/evaluation.md)",
+    )
+    other.add_argument(
+        "--rater-errors",
+        choices=("total", "significant", "insignificant"),
+        default="total",
+        help="--against-raters: which error counts (mean over raters; default total)",
+    )
+    other.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="image<->report recall@K of --model's contrastive encoder on --data "
+        "(docs/retrieval.md)",
+    )
+    other.add_argument(
+        "--model", help="--retrieval: a bundle, an open_clip folder or hf-hub:org/name"
+    )
+    other.add_argument("--data", help="--retrieval: Study records (.jsonl)")
+    other.add_argument(
+        "--head", help="--retrieval: the contrastive head (.safetensors or checkpoint folder)"
+    )
+    other.add_argument(
+        "--k", type=int, nargs="+", default=[1, 5, 10], help="--retrieval: the K of recall@K"
+    )
     p.set_defaults(func=_run_evaluate)
 
 
@@ -143,8 +218,50 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         return _list_metrics()
     if args.tasks:
         return _score_tasks(args.tasks, args.out)
+    if args.seed < 0:
+        raise UsageError(f"--seed {args.seed}: a seed is 0 or more")
+    if args.bootstrap < 0:
+        raise UsageError(
+            f"--bootstrap {args.bootstrap}: the number of resamples must be 0 (none) to 1,000,000"
+        )
+    if args.against_raters:
+        from radixpert.evaluate import raters, registry
+
+        return raters.main(
+            args.against_raters,
+            registry.expand(args.metrics or list(registry.DEFAULT)),
+            out=args.out,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            quiet=args.quiet,
+            variant=args.rater_errors,
+            metric_options={**_metric_options(args)},
+        )
+    if args.retrieval:
+        from radixpert.evaluate import retrieval
+
+        if not args.model or not args.data:
+            raise UsageError("--retrieval needs --model and --data")
+        return retrieval.main(
+            args.model,
+            args.data,
+            split=args.split,
+            out=args.out,
+            k=args.k,
+            head=args.head,
+            batch_size=args.batch_size or 32,
+            device=args.device,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            quiet=args.quiet,
+        )
     if not args.references or not args.candidates:
         raise UsageError("--references and --candidates are required (or --list, --tasks)")
+    for flag, path in (("--out", args.out), ("--per-sample", args.per_sample)):
+        if path and Path(path).is_dir():
+            raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    if args.text_column and args.section != "auto":
+        raise UsageError("--text-column and --section choose the text two ways; give one")
     from radixpert.evaluate import registry
     from radixpert.evaluate.runner import (
         EvaluationOptions,
@@ -154,11 +271,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         write_results,
     )
 
-    metric_options = {"tokenizer": args.tokenizer, "cache": not args.no_cache}
-    if args.device:
-        metric_options["device"] = args.device
-    if args.batch_size:
-        metric_options["batch_size"] = args.batch_size
+    metric_options = _metric_options(args)
     if not args.quiet:  # the model-based metrics' cache and device notes
         logging.getLogger("radixpert").setLevel(logging.INFO)
     opts = EvaluationOptions(
@@ -170,6 +283,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         metric_options=metric_options,
         explicit=args.metrics is not None and not set(args.metrics) & set(registry.GROUPS),
+        skip_empty_references=args.skip_empty_references,
+        id_column=args.id_column,
+        text_column=args.text_column,
+        command=[Path(sys.argv[0]).name, *sys.argv[1:]],
     )
     results = evaluate(
         args.references, args.candidates, opts, progress=None if args.quiet else sys.stderr
@@ -182,6 +299,29 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         write_per_sample(results, args.per_sample)
         print(f"per-sample scores: {args.per_sample}")
     return 0
+
+
+def _metric_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every metric is offered (each takes those its constructor accepts)."""
+    options: dict[str, Any] = {"tokenizer": args.tokenizer, "cache": not args.no_cache}
+    if args.device:
+        options["device"] = args.device
+    if args.batch_size:
+        options["batch_size"] = args.batch_size
+    if args.judge_url or args.judge_local:
+        from radixpert.evaluate.judges.backend import backend_from_options
+
+        options["backend"] = backend_from_options(
+            args.judge_url,
+            args.judge_model,
+            args.judge_api_key_env,
+            args.judge_allow_remote,
+            args.judge_local,
+            args.device,
+        )
+        options["judge_workers"] = args.judge_workers
+        options["judge_retries"] = args.judge_retries
+    return options
 
 
 def _score_tasks(path: str, out: str | None) -> int:

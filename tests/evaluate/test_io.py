@@ -252,3 +252,80 @@ def test_split_from_the_command_line(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["pairs"] == 1 and results["split"] == "test"
     assert results["metrics"]["bleu-1"]["aggregate"] == pytest.approx(1.0)
+
+
+def test_named_id_and_text_columns(tmp_path):
+    csvf = write(tmp_path, "r.csv", "dicom,note,report\nd1,No effusion.,ignored\nd2,Edema.,x\n")
+    jsonl = write(
+        tmp_path,
+        "c.jsonl",
+        '{"dicom": "d1", "id": "other", "note": "Small effusion."}\n'
+        '{"dicom": "d2", "id": "other2", "note": "Mild edema."}\n',
+    )
+    records = write(tmp_path, "c.json", [{"dicom": "d1", "note": "Effusion."}])
+    refs = read_reports(csvf, id_column="dicom", text_column="note")
+    assert refs.texts == {"d1": "No effusion.", "d2": "Edema."}
+    cands = read_reports(jsonl, role="candidates", id_column="dicom", text_column="note")
+    assert cands.texts == {"d1": "Small effusion.", "d2": "Mild edema."}
+    assert read_reports(records, id_column="dicom", text_column="note").texts == {"d1": "Effusion."}
+    # without the names the usual columns are read
+    assert read_reports(csvf, id_column="dicom").texts["d1"] == "ignored"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kw", "message"),
+    [
+        ("r.csv", "id,report\na,b\n", {"id_column": "dicom"}, r"r\.csv: no column 'dicom' "
+         r"\(--id-column; header: id, report\)"),
+        ("r.csv", "id,report\na,b\n", {"text_column": "note"}, r"r\.csv: no column 'note' "
+         r"\(--text-column; header: id, report\)"),
+        ("r.jsonl", '{"id": "a", "report": "x"}\n', {"id_column": "dicom"},
+         r"r\.jsonl: line 1: no 'dicom' field \(--id-column; fields: id, report\)"),
+        ("r.json", '[{"id": "a", "report": "x"}]', {"text_column": "note"},
+         r"r\.json: id 'a': no 'note' field \(--text-column; fields: id, report\)"),
+        ("r.json", '{"a": {"report": "x"}}', {"text_column": "note"},
+         r"r\.json: id 'a': no 'note' field \(--text-column; fields: report\)"),
+    ],
+)  # fmt: skip
+def test_a_named_column_that_is_absent_is_an_error(tmp_path, name, content, kw, message):
+    with pytest.raises(InputError, match=message):
+        read_reports(write(tmp_path, name, content), **kw)
+
+
+def test_id_column_in_the_id_mapping_layout_is_noted(tmp_path):
+    p = write(tmp_path, "c.json", {"a": "Edema.", "b": "Clear."})
+    reports = read_reports(p, id_column="dicom", text_column="note")
+    assert reports.texts == {"a": "Edema.", "b": "Clear."}
+    assert reports.notes == [
+        "--id-column 'dicom' and --text-column 'note' not used: the ids are the object's keys"
+    ]
+
+
+def test_skip_empty_references_counts_and_lists_them(tmp_path):
+    refs = {"a": " ", "b": "Edema.", "c": "", "d": "Clear."}
+    cands = {"a": "x", "b": "Mild edema.", "c": "y", "d": "Clear lungs."}
+    with pytest.raises(InputError, match=r"2 empty reference report\(s\), e\.g\. 'a', 'c'.*"
+                       r"--skip-empty-references"):  # fmt: skip
+        _pair(tmp_path, refs, cands)
+    pairs = _pair(tmp_path, refs, cands, skip_empty_references=True)
+    assert pairs.ids == ["b", "d"] and pairs.candidates == ["Mild edema.", "Clear lungs."]
+    assert pairs.skipped_empty_references == ["a", "c"]
+    with pytest.raises(InputError, match=r"all 2 references of the common ids are empty"):
+        _pair(tmp_path, {"a": "", "b": " "}, {"a": "x", "b": "y"}, skip_empty_references=True)
+
+
+def test_ids_match_in_nfc_and_keep_their_spelling(tmp_path):
+    decomposed, composed = "rene\u0301-1", "ren\u00e9-1"
+    pairs = _pair(
+        tmp_path,
+        {decomposed: "No effusion.", "b": "Edema."},
+        {composed: "Small effusion.", "b": "Mild edema."},
+    )
+    assert pairs.ids == [decomposed, "b"]  # as the references file spells it
+    assert pairs.candidates == ["Small effusion.", "Mild edema."]
+    assert pairs.only_references == pairs.only_candidates == []
+    p = write(
+        tmp_path, "d.json", [{"id": decomposed, "report": "a"}, {"id": composed, "report": "b"}]
+    )
+    with pytest.raises(InputError, match=r"1 duplicate id\(s\).*also spelled"):
+        read_reports(p)

@@ -430,3 +430,64 @@ def test_meteor_matches_pycocoevalcap():
     assert ours.corpus_fn(idx) == pytest.approx(ours.aggregate, abs=1e-12)
     assert ours.versions["pycocoevalcap"] == "1.2"
     assert ours.settings["command"].endswith("-l en -norm")
+
+
+def _shipped_example() -> tuple[list[str], list[str]]:
+    """The shipped example: IU X-ray findings + impression and a model's reports."""
+    from radixpert.evaluate.io import pair_reports, read_reports
+
+    pairs = pair_reports(
+        read_reports(EXAMPLES / "references.json", role="references"),
+        read_reports(EXAMPLES / "candidates.json", role="candidates"),
+    )
+    return pairs.references, pairs.candidates
+
+
+@pytest.mark.parametrize(
+    ("name", "rouge_type", "first_three", "mean"),
+    [
+        ("rouge-1", "rouge1", (0.513514, 0.185185, 0.289474), 0.436043),
+        ("rouge-2", "rouge2", (0.222222, 0.038462, 0.053333), 0.182854),
+        ("rouge-l-radeval", "rougeL", (0.378378, 0.185185, 0.171053), 0.317866),
+    ],
+)
+def test_rouge_radeval_equals_rouge_score(name, rouge_type, first_three, mean):
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    refs, cands = _shipped_example()
+    res = registry.create(name, tokenizer="ptb").compute(refs, cands)  # tokenizer: ignored
+    # RadEval's RougeMetric: RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True),
+    # score(ref, hyp).fmeasure per pair, averaged.
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    direct = [scorer.score(r, c)[rouge_type].fmeasure for r, c in zip(refs, cands)]
+    assert res.name == name and len(res.per_sample) == len(refs) == 100
+    assert res.per_sample == direct
+    assert res.aggregate == pytest.approx(float(np.mean(direct)), abs=1e-15)
+    assert res.per_sample[:3] == pytest.approx(first_three, abs=5e-7)
+    assert res.aggregate == pytest.approx(mean, abs=5e-7)
+    assert res.settings["use_stemmer"] is True and res.settings["beta"] == 1.0
+    assert res.bounds == (0.0, 1.0)
+    assert res.versions["rouge-score"] == "0.1.2"
+
+
+def test_rouge_radeval_differs_from_pycocoevalcap_rouge_l():
+    pytest.importorskip("rouge_score")
+    # RadEval stems ("effusions" = "effusion") and weighs P and R equally (beta 1);
+    # pycocoevalcap does not stem and weighs recall more (beta 1.2).
+    refs, cands = ["Small bilateral pleural effusions."], ["small effusion"]
+    radeval = registry.create("rouge-l-radeval").compute(refs, cands)
+    coco = RougeL().compute(refs, cands)
+    assert radeval.per_sample[0] == pytest.approx(2 / 3)  # LCS 2: P 1, R 1/2
+    b2 = 1.2**2  # LCS 1 ("small"): P 1/2, R 1/4
+    assert coco.per_sample[0] == pytest.approx((1 + b2) * 0.5 * 0.25 / (0.25 + b2 * 0.5))
+    assert registry.REGISTRY["rouge-l-radeval"].variant_of == "rouge-l"
+
+
+def test_rouge_radeval_empty_and_unavailable(monkeypatch):
+    pytest.importorskip("rouge_score")
+    res = registry.create("rouge-1").compute(["No effusion.", "Edema."], ["", "edema"])
+    assert res.per_sample == [0.0, 1.0]
+    import radixpert._optional as optional
+
+    monkeypatch.setattr(optional, "missing", lambda *m: list(m))
+    reason = registry.create("rouge-2").check()
+    assert reason and "rouge-score==0.1.2" in reason and "radixpert[coco]" in reason

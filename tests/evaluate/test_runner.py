@@ -207,3 +207,113 @@ def test_shipped_example_end_to_end(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["pairs"] == 100 and len(res["metrics"]) == 15
     assert len(ps.read_text().splitlines()) == 101
+
+
+class NearOne(Metric):
+    """Scores in [0, 1] close to 1: a normal interval that would pass the upper bound."""
+
+    name = "near-one"
+
+    def compute(self, references, candidates):
+        s = [1.0 if i % 3 else 0.9 for i in range(len(references))]
+        return MetricResult(self.name, float(np.mean(s)), s, bounds=(0.0, 1.0))
+
+
+class Interrupted(Metric):
+    name = "interrupted"
+
+    def compute(self, references, candidates):
+        raise KeyboardInterrupt
+
+
+@pytest.fixture
+def more_metrics(monkeypatch):
+    for name, cls in (("near-one", "NearOne"), ("interrupted", "Interrupted")):
+        monkeypatch.setitem(registry.REGISTRY, name, Entry(f"{__name__}:{cls}", "test", name))
+
+
+def _refuse_nan(name):
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def test_results_are_strict_json_with_the_command_line(toy_registry, tmp_path, monkeypatch):
+    r, c = tmp_path / "r.json", tmp_path / "c.json"
+    r.write_text(json.dumps({"a": "no effusion"}))
+    c.write_text(json.dumps({"a": "small effusion"}))
+    out, ps = tmp_path / "res.json", tmp_path / "ps.jsonl"
+    argv = ["evaluate", "-r", str(r), "-c", str(c), "-m", "word-overlap", "-o", str(out)]
+    monkeypatch.setattr(sys, "argv", ["/somewhere/bin/radixpert", *argv])
+    assert main([*argv, "--per-sample", str(ps)]) == 0
+    text = out.read_text()
+    res = json.loads(text, parse_constant=_refuse_nan)  # one pair: the SE is not a number
+    m = res["metrics"]["word-overlap"]
+    assert m["ci95_normal"]["se"] is None and m["ci95_normal"]["low"] is None
+    assert res["command"] == ["radixpert", *argv]
+    for line in ps.read_text().splitlines():
+        json.loads(line, parse_constant=_refuse_nan)
+
+
+def test_bounded_normal_interval_is_clipped(more_metrics, tmp_path):
+    r, c = tmp_path / "r.json", tmp_path / "c.json"
+    r.write_text(json.dumps({f"s{i}": f"no effusion {i}" for i in range(5)}))
+    c.write_text(json.dumps({f"s{i}": f"effusion {i}" for i in range(5)}))
+    out = tmp_path / "res.json"
+    assert main(["evaluate", "-r", str(r), "-c", str(c), "-m", "near-one", "-o", str(out)]) == 0
+    m = json.loads(out.read_text())["metrics"]["near-one"]
+    mean, se = m["mean"], m["ci95_normal"]["se"]
+    assert mean + 1.959963984540054 * se > 1  # the unclipped interval would pass 1
+    assert m["ci95_normal"]["high"] == 1.0 and m["bounds"] == [0.0, 1.0]
+    assert m["ci95_normal"]["low"] == pytest.approx(mean - 1.959963984540054 * se)
+
+
+def test_ctrl_c_exits_130_in_one_line_and_writes_nothing(more_metrics, files, tmp_path, capsys):
+    r, c = files
+    out = tmp_path / "out" / "res.json"
+    args = ["evaluate", "-r", str(r), "-c", str(c), "-m", "interrupted", "-o", str(out)]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "radixpert evaluate: interrupted"
+    assert "Traceback" not in err
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_skip_empty_references_end_to_end(toy_registry, tmp_path, capsys):
+    r, c = tmp_path / "r.json", tmp_path / "c.json"
+    r.write_text(json.dumps({"a": "", "b": "no effusion", "c": "  ", "d": "edema"}))
+    c.write_text(json.dumps({"a": "x", "b": "small effusion", "c": "y", "d": "mild edema"}))
+    out = tmp_path / "res.json"
+    base = ["evaluate", "-r", str(r), "-c", str(c), "-m", "word-overlap", "-o", str(out)]
+    assert main(base) == 2
+    assert "2 empty reference report(s), e.g. 'a', 'c'" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*base, "--skip-empty-references"]) == 0
+    printed = capsys.readouterr()
+    assert "skipped 2 pair(s) with an empty reference" in printed.err
+    assert "2 pairs with an empty reference skipped" in printed.out
+    res = json.loads(out.read_text())
+    assert res["pairs"] == 2 and res["ids"] == ["b", "d"]
+    assert res["skipped_empty_references"] == {"count": 2, "ids": ["a", "c"]}
+
+
+def test_named_columns_end_to_end(toy_registry, tmp_path):
+    r, c = tmp_path / "r.csv", tmp_path / "c.csv"
+    r.write_text("dicom_uid,text_gold\nx1,no effusion\nx2,edema\n")
+    c.write_text("dicom_uid,text_gold\nx2,mild edema\nx1,small effusion\n")
+    out = tmp_path / "res.json"
+    args = ["evaluate", "-r", str(r), "-c", str(c), "-m", "word-overlap", "-o", str(out)]
+    assert main([*args, "--id-column", "dicom_uid", "--text-column", "text_gold"]) == 0
+    res = json.loads(out.read_text())
+    assert res["ids"] == ["x1", "x2"] and res["columns"] == {"id": "dicom_uid", "text": "text_gold"}
+    assert res["metrics"]["word-overlap"]["per_sample"] == [1 / 3, 1 / 2]
+
+
+def test_per_sample_ids_are_spelled_as_the_references(toy_registry, tmp_path):
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    r, c = tmp_path / "r.json", tmp_path / "c.json"
+    r.write_text(json.dumps({decomposed: "no effusion", "b": "edema"}), encoding="utf-8")
+    c.write_text(json.dumps({composed: "small effusion", "b": "mild edema"}), encoding="utf-8")
+    ps = tmp_path / "ps.csv"
+    args = ["evaluate", "-r", str(r), "-c", str(c), "-m", "word-overlap", "--per-sample", str(ps)]
+    assert main(args) == 0
+    rows = list(csv.DictReader(ps.open(encoding="utf-8")))
+    assert [row["id"] for row in rows] == [decomposed, "b"]

@@ -39,6 +39,8 @@ class MetricResult:
             (RadCliQ-v1 shows 1/mean); see `display_transform`.
         display_transform: name of the transform behind `display` ("inverse" or None).
         versions: package versions the numbers depend on.
+        bounds: the range (low, high) the statistic cannot leave, e.g. (0, 1) for F1, BLEU
+            and ROUGE; the normal-approximation interval is clipped to it. None: unbounded.
     """
 
     name: str
@@ -53,6 +55,7 @@ class MetricResult:
     display: float | None = None
     display_transform: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    bounds: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         self.aggregate = float(self.aggregate)

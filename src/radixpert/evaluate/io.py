@@ -9,6 +9,11 @@ Accepted inputs (format from the extension, `.json`, `.jsonl`, `.csv`):
 * CSV: an id column (`id`, `study_id`, `uid`, ...) and a report column (`report`, or
   `findings` / `impression`).
 
+Columns of other names are chosen with `id_column` / `text_column` (`--id-column`,
+`--text-column`); a named column that a file lacks is an error listing the columns it has.
+Ids are matched after Unicode NFC normalisation (a decomposed "é" meets a composed one) and
+keep the spelling of their file in every output.
+
 Every problem is an `InputError` naming the file, and the line or id where it applies.
 """
 
@@ -18,6 +23,7 @@ import csv
 import io
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +43,10 @@ SECTIONS = ("auto", "report", "findings", "impression", "findings+impression")
 
 @dataclass
 class Reports:
-    """Reports of one file, in file order: `texts[id] -> report`."""
+    """Reports of one file, in file order: `texts[id] -> report`, ids as the file spells them.
+
+    `keys[nfc(id)] -> id` matches ids across files whatever their Unicode normal form.
+    """
 
     path: Path
     texts: dict[str, str]
@@ -45,6 +54,16 @@ class Reports:
     section: str
     sha256: str = ""
     notes: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            self.keys = {nfc(i): i for i in self.texts}
+
+
+def nfc(rid: str) -> str:
+    """The form ids are compared in: Unicode NFC."""
+    return unicodedata.normalize("NFC", rid)
 
 
 def _first(d: dict[str, Any], keys: tuple[str, ...]) -> str | None:
@@ -55,16 +74,23 @@ def _first(d: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def _text_of(rec: dict[str, Any], section: str, where: str, role: str = "any") -> str:
+def _text_of(
+    rec: dict[str, Any],
+    section: str,
+    where: str,
+    role: str = "any",
+    text_column: str | None = None,
+) -> str:
     """The report text of one record for the chosen section and side.
 
     A candidate record's model output (`model_prediction`, `prediction`, ...) is scored
     whole; a reference is never read from such a field, so one ReXrank prediction file
     (gold `findings`/`impression` beside `model_prediction`) can serve as both sides.
+    A `text_column` is read as named, on either side, and nothing else is.
     """
 
     def field_text(keys: tuple[str, ...]) -> str | None:
-        k = _first(rec, keys)
+        k = keys[0] if text_column is not None else _first(rec, keys)
         if k is None:
             return None
         v = rec[k]
@@ -77,6 +103,14 @@ def _text_of(rec: dict[str, Any], section: str, where: str, role: str = "any") -
     def joined(*parts: str | None) -> str:
         return " ".join(p.strip() for p in parts if p and p.strip())
 
+    if text_column is not None:
+        if text_column not in rec:
+            raise InputError(
+                f"{where}: no {text_column!r} field (--text-column; fields: "
+                f"{', '.join(map(str, rec))})"
+            )
+        t = field_text((text_column,))
+        return "" if t is None else t
     if role in ("candidates", "any"):
         t = field_text(PREDICTION_KEYS)
         if t is not None:
@@ -130,12 +164,28 @@ def _decode(path: Path, data: bytes, fmt: str) -> str:
         ) from None
 
 
-def _records_json(path: Path, obj: Any) -> Iterator[tuple[str, dict[str, Any] | str, str]]:
+def _id_of(rec: dict[str, Any], id_column: str | None, where: str) -> str | None:
+    """The id field's name in a record: `id_column` exactly, else the first of ID_KEYS."""
+    if id_column is None:
+        k = _first(rec, ID_KEYS)
+        if k is None:
+            raise InputError(f"{where}: no id field (expected one of {', '.join(ID_KEYS)})")
+        return k
+    if id_column not in rec:
+        raise InputError(
+            f"{where}: no {id_column!r} field (--id-column; fields: {', '.join(map(str, rec))})"
+        )
+    return id_column
+
+
+def _records_json(
+    path: Path, obj: Any, id_column: str | None = None
+) -> Iterator[tuple[str, dict[str, Any] | str, str]]:
     """(id, record or text, where) from a parsed JSON document."""
     if isinstance(obj, dict):
         # {"predictions": [...]} style wrappers
-        if len(obj) == 1 and isinstance(next(iter(obj.values())), list):
-            yield from _records_json(path, next(iter(obj.values())))
+        if _is_wrapper(obj):
+            yield from _records_json(path, next(iter(obj.values())), id_column)
             return
         for k, v in obj.items():
             where = f"{path}: id {k!r}"
@@ -153,9 +203,7 @@ def _records_json(path: Path, obj: Any) -> Iterator[tuple[str, dict[str, Any] | 
                 raise InputError(
                     f"{where}: expected an object with an id and a report, got {type(rec).__name__}"
                 )
-            k = _first(rec, ID_KEYS)
-            if k is None:
-                raise InputError(f"{where}: no id field (expected one of {', '.join(ID_KEYS)})")
+            k = _id_of(rec, id_column, where)
             yield str(rec[k]), rec, f"{path}: id {rec[k]!r}"
     else:
         raise InputError(
@@ -164,7 +212,12 @@ def _records_json(path: Path, obj: Any) -> Iterator[tuple[str, dict[str, Any] | 
 
 
 def read_reports(
-    path: str | Path, section: str = "auto", role: str = "any", split: str | None = None
+    path: str | Path,
+    section: str = "auto",
+    role: str = "any",
+    split: str | None = None,
+    id_column: str | None = None,
+    text_column: str | None = None,
 ) -> Reports:
     """Read one report file; see the module docstring for the layouts.
 
@@ -177,6 +230,10 @@ def read_reports(
         split: Keep only the records whose ``split`` field is this (a Study file holds every
             split; ``radixpert generate --split`` answers one). Records without the field are
             an error then; how many were left out is in ``notes``.
+        id_column: The id's field or column, by its exact name, instead of the usual names.
+            In the ``{id: report}`` layout the keys are the ids (said in ``notes``).
+        text_column: The report's field or column, by its exact name, on either side;
+            ``section`` then does not apply.
 
     Raises:
         InputError: missing file, undecodable bytes, wrong shape, missing fields,
@@ -204,7 +261,7 @@ def read_reports(
                 f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: "
                 f"{e.msg}); is it JSON Lines? then name it .jsonl"
             ) from None
-        items = list(_records_json(path, obj))
+        items = list(_records_json(path, obj, id_column))
     elif fmt == "jsonl":
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -215,17 +272,17 @@ def read_reports(
                 raise InputError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
             if not isinstance(rec, dict):
                 raise InputError(f"{path}: line {n}: expected an object, got {type(rec).__name__}")
-            k = _first(rec, ID_KEYS)
-            if k is None:
-                raise InputError(
-                    f"{path}: line {n}: no id field (expected one of {', '.join(ID_KEYS)})"
-                )
+            k = _id_of(rec, id_column, f"{path}: line {n}")
             items.append((str(rec[k]), rec, f"{path}: line {n}, id {rec[k]!r}"))
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames:
             raise InputError(f"{path}: empty CSV (no header)")
-        id_col = _first({f: None for f in reader.fieldnames}, ID_KEYS)
+        header = ", ".join(reader.fieldnames)
+        for flag, name in (("--id-column", id_column), ("--text-column", text_column)):
+            if name is not None and name not in reader.fieldnames:
+                raise InputError(f"{path}: no column {name!r} ({flag}; header: {header})")
+        id_col = id_column or _first({f: None for f in reader.fieldnames}, ID_KEYS)
         if id_col is None:
             raise InputError(
                 f"{path}: no id column (header: {', '.join(reader.fieldnames)}; "
@@ -239,6 +296,14 @@ def read_reports(
             items.append((row[id_col], row, f"{path}: line {n}, id {row[id_col]!r}"))
 
     notes: list[str] = []
+    if fmt == "json" and items and isinstance(obj, dict) and not _is_wrapper(obj):
+        unused = [
+            f"{flag} {name!r}"
+            for flag, name in (("--id-column", id_column), ("--text-column", text_column))
+            if name is not None and (flag == "--id-column" or isinstance(items[0][1], str))
+        ]
+        if unused:
+            notes.append(f"{' and '.join(unused)} not used: the ids are the object's keys")
     if split is not None:
         kept = []
         for rid, rec, where in items:
@@ -252,15 +317,19 @@ def read_reports(
         notes.append(f"split {split!r}: {len(kept)} of {len(items)} records")
         items = kept
     texts: dict[str, str] = {}
+    keys: dict[str, str] = {}
     dupes: list[str] = []
     for rid, rec, where in items:
         rid = rid.strip()
         if not rid:
             raise InputError(f"{where}: empty id")
-        t = rec if isinstance(rec, str) else _text_of(rec, section, where, role)
-        if rid in texts:
-            dupes.append(rid)
+        t = rec if isinstance(rec, str) else _text_of(rec, section, where, role, text_column)
+        key = nfc(rid)
+        if key in keys:
+            first = keys[key]
+            dupes.append(rid if first == rid else f"{rid} (also spelled {first!r})")
             continue
+        keys[key] = rid
         texts[rid] = t
     if dupes:
         raise InputError(
@@ -269,12 +338,20 @@ def read_reports(
         )
     if not texts:
         raise InputError(f"{path}: no records")
-    return Reports(path, texts, fmt, section, hashlib.sha256(data).hexdigest(), notes)
+    return Reports(path, texts, fmt, section, hashlib.sha256(data).hexdigest(), notes, keys)
+
+
+def _is_wrapper(obj: dict[str, Any]) -> bool:
+    """`{"predictions": [...]}`: one key holding the list of records."""
+    return len(obj) == 1 and isinstance(next(iter(obj.values())), list)
 
 
 @dataclass
 class Pairs:
-    """References and candidates matched by id, in the references' order."""
+    """References and candidates matched by id, in the references' order.
+
+    Ids are spelled as in the references file (on one side only: as in their own file).
+    """
 
     ids: list[str]
     references: list[str]
@@ -282,19 +359,33 @@ class Pairs:
     only_references: list[str]
     only_candidates: list[str]
     empty_candidates: list[str]
+    skipped_empty_references: list[str] = field(default_factory=list)
 
 
-def pair_reports(refs: Reports, cands: Reports, allow_missing: bool = False) -> Pairs:
-    """Match by id; ids on one side only are an error unless `allow_missing`.
+def pair_reports(
+    refs: Reports,
+    cands: Reports,
+    allow_missing: bool = False,
+    skip_empty_references: bool = False,
+) -> Pairs:
+    """Match by id (compared in NFC); ids on one side only are an error unless `allow_missing`.
+
+    Args:
+        refs: the references.
+        cands: the candidates.
+        allow_missing: score the common ids when some are on one side only.
+        skip_empty_references: leave out the pairs whose reference is blank (listed in
+            `Pairs.skipped_empty_references`) instead of refusing them.
 
     Raises:
-        InputError: unmatched ids (without allow_missing), no common id, empty references,
-            or candidates identical to the references (the same file passed twice).
+        InputError: unmatched ids (without allow_missing), no common id, empty references
+            (without skip_empty_references), or candidates identical to the references (the
+            same file passed twice).
     """
-    only_r = [i for i in refs.texts if i not in cands.texts]
-    only_c = [i for i in cands.texts if i not in refs.texts]
-    ids = [i for i in refs.texts if i in cands.texts]
-    if not ids:
+    only_r = [i for k, i in refs.keys.items() if k not in cands.keys]
+    only_c = [i for k, i in cands.keys.items() if k not in refs.keys]
+    common = [k for k in refs.keys if k in cands.keys]
+    if not common:
         raise InputError(
             f"no id in common between {refs.path} ({len(refs.texts)} ids, e.g. "
             f"{', '.join(map(repr, list(refs.texts)[:3]))}) and {cands.path} "
@@ -313,21 +404,30 @@ def pair_reports(refs: Reports, cands: Reports, allow_missing: bool = False) -> 
                 f"(e.g. {', '.join(map(repr, only_c[:5]))})"
             )
         raise InputError(
-            "; ".join(parts) + f"; pass --allow-missing to score the {len(ids)} common ids only"
+            "; ".join(parts) + f"; pass --allow-missing to score the {len(common)} common ids only"
         )
-    empty_refs = [i for i in ids if not refs.texts[i].strip()]
-    if empty_refs:
+    empty_refs = [refs.keys[k] for k in common if not refs.texts[refs.keys[k]].strip()]
+    if empty_refs and not skip_empty_references:
         raise InputError(
             f"{refs.path}: {len(empty_refs)} empty reference report(s), e.g. "
             f"{', '.join(map(repr, empty_refs[:5]))} (section {refs.section!r}); "
-            "a reference must have text: choose another --section or drop them"
+            "a reference must have text: choose another --section, drop them, or pass "
+            "--skip-empty-references to leave them out (counted)"
         )
+    skipped = set(empty_refs)
+    kept = [k for k in common if refs.keys[k] not in skipped]
+    if not kept:
+        raise InputError(
+            f"{refs.path}: all {len(common)} references of the common ids are empty "
+            f"(section {refs.section!r}); nothing to score"
+        )
+    ids = [refs.keys[k] for k in kept]
     references = [refs.texts[i] for i in ids]
-    candidates = [cands.texts[i] for i in ids]
+    candidates = [cands.texts[cands.keys[k]] for k in kept]
     if len(ids) > 1 and all(r.strip() == c.strip() for r, c in zip(references, candidates)):
         raise InputError(
             f"{cands.path}: the candidates equal the references for all {len(ids)} ids; "
             "was the references file passed as --candidates?"
         )
     empty = [i for i, c in zip(ids, candidates) if not c.strip()]
-    return Pairs(ids, references, candidates, only_r, only_c, empty)
+    return Pairs(ids, references, candidates, only_r, only_c, empty, empty_refs)

@@ -42,6 +42,25 @@ REGISTRY: dict[str, Entry] = {
         "space split, NLTK method1 smoothing), averaged",
     ),
     "rouge-l": Entry(f"{_L}.rouge:RougeL", "lexical", "ROUGE-L F (beta 1.2) as pycocoevalcap"),
+    "rouge-l-radeval": Entry(
+        f"{_L}.rouge:RougeScore",
+        "lexical",
+        "ROUGE-L F (beta 1) as RadEval: rouge_score, Porter stemmer, mean per report",
+        kwargs={"rouge_type": "rougeL"},
+        variant_of="rouge-l",
+    ),
+    "rouge-1": Entry(
+        f"{_L}.rouge:RougeScore",
+        "lexical",
+        "ROUGE-1 F as RadEval: rouge_score, Porter stemmer, mean per report",
+        kwargs={"rouge_type": "rouge1"},
+    ),
+    "rouge-2": Entry(
+        f"{_L}.rouge:RougeScore",
+        "lexical",
+        "ROUGE-2 F as RadEval: rouge_score, Porter stemmer, mean per report",
+        kwargs={"rouge_type": "rouge2"},
+    ),
     "cider-d": Entry(
         f"{_L}.cider:CiderD",
         "lexical",
@@ -108,6 +127,38 @@ REGISTRY: dict[str, Entry] = {
         f"{_J}.green:Green",
         "judge",
         "GREEN: GREEN-RadLlama2-7b counts clinically significant errors",
+    ),
+    # --- LLM judges through --judge-url / --judge-local (docs/judges.md) -------------------
+    "chexprompt": Entry(
+        f"{_J}.errors:CheXprompt",
+        "judge",
+        "CheXprompt-style LLM judge: clinically significant errors per report (six error "
+        "types; total and insignificant as companions); lower is better",
+    ),
+    "crimson-weighted": Entry(
+        f"{_J}.errors:CrimsonWeighted",
+        "judge",
+        "CheXprompt-style error counts weighted by clinical significance with CRIMSON's "
+        "weights (finding errors 1/0.25, attribute errors 0.5/0); not the CRIMSON score; "
+        "lower is better",
+    ),
+    "fineradscore": Entry(
+        f"{_J}.fineradscore:FineRadScore",
+        "judge",
+        "FineRadScore-style LLM judge: line-by-line corrections with severity 1-4; total "
+        "severity per report (corrections, per-line mean as companions); lower is better",
+    ),
+    "radfact": Entry(
+        f"{_J}.radfact:RadFact",
+        "judge",
+        "RadFact-style: LLM entailment of each sentence both ways, boxes checked against the "
+        "evidence; logical F1 with logical / grounding / spatial precision and recall",
+    ),
+    "conversation-judge": Entry(
+        f"{_J}.conversation:ConversationJudge",
+        "judge",
+        "RadVLM-style LLM judge, 0-10 per answer against the true answer "
+        "(pairs only: no question, agreement only)",
     ),
 }
 

@@ -1,8 +1,12 @@
 """`radixpert evaluate`: pair reports by id, run the metrics, add intervals, write results.
 
 The results file is one JSON object: `{"metrics": {name: {...}}, "ids": [...], ...}` with,
-per metric, the aggregate, mean ± 95% CI (normal approximation), a bootstrap CI, per-sample
-scores in the order of `ids`, the exact settings and the package versions.
+per metric, the aggregate, mean ± 95% CI (normal approximation, clipped to the metric's
+`bounds` when it has them), a bootstrap CI, per-sample scores in the order of `ids`, the exact
+settings and the package versions; beside them the command line (`command`), the inputs'
+digests, and every pair left out or flagged (`unmatched`, `skipped_empty_references`,
+`empty_candidates`, `long_reports`). It is strict JSON: a number that is not finite (the SE
+of one pair, a score undefined for a pair) is written `null`, never `NaN` or `Infinity`.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from typing import Any, TextIO
 import numpy as np
 
 import radixpert
-from radixpert.errors import MetricUnavailable
+from radixpert.errors import MetricUnavailable, UsageError
 from radixpert.evaluate import registry
 from radixpert.evaluate.base import MetricResult, show_progress
 from radixpert.evaluate.io import Pairs, pair_reports, read_reports
 from radixpert.evaluate.stats import (
+    Interval,
     bootstrap_replicates,
+    clip,
     normal_ci,
     percentile_interval,
 )
@@ -35,6 +41,10 @@ from radixpert.io import atomic_write
 log = logging.getLogger(__name__)
 
 LONG_REPORT_WORDS = 512  # beyond this, model-based metrics see a truncated report
+# Resamples are drawn in bounded chunks (stats.CHUNK_ELEMENTS), so memory does not limit
+# them; time does: beyond this the percentiles are no better and a run takes hours.
+MAX_BOOTSTRAP = 1_000_000
+IDS_SHOWN = 100  # ids listed in the results file per skipped / flagged group
 
 
 @dataclass
@@ -47,6 +57,20 @@ class EvaluationOptions:
     seed: int = 0
     metric_options: dict[str, Any] = field(default_factory=dict)
     explicit: bool = False  # metrics named by the user: unavailable ones are errors
+    skip_empty_references: bool = False  # leave out (and count) pairs with a blank reference
+    id_column: str | None = None  # the id's field / column in both files, by name
+    text_column: str | None = None  # the report's field / column in both files, by name
+    command: list[str] | None = None  # the command line, recorded in the results
+
+    def __post_init__(self) -> None:
+        if self.bootstrap < 0 or self.bootstrap > MAX_BOOTSTRAP:
+            raise UsageError(
+                f"--bootstrap {self.bootstrap}: the number of resamples must be 0 (none) to "
+                f"{MAX_BOOTSTRAP:,} (they are drawn in chunks, so memory is not the limit, "
+                "but time is; 10,000 is plenty for a 95% interval)"
+            )
+        if self.seed < 0:
+            raise UsageError(f"--seed {self.seed}: a seed is 0 or more")
 
 
 def _progress(stream: TextIO | None, msg: str) -> None:
@@ -56,6 +80,7 @@ def _progress(stream: TextIO | None, msg: str) -> None:
 
 def _summarise(result: MetricResult, n: int, bootstrap: int, seed: int) -> dict[str, Any]:
     mean, se, normal = normal_ci(result.per_sample)
+    normal = clip(normal, result.bounds)
     reps = bootstrap_replicates(result.per_sample, bootstrap, seed, result.corpus_fn)
     boot = percentile_interval(reps)
     entry: dict[str, Any] = {
@@ -70,12 +95,13 @@ def _summarise(result: MetricResult, n: int, bootstrap: int, seed: int) -> dict[
         # A corpus statistic is not the mean of per-sample scores: its normal interval is
         # aggregate ± 1.96 SE with SE from the bootstrap replicates.
         bse = float(reps.std(ddof=1)) if reps.size > 1 else math.nan
-        entry["ci95_normal"] = {
-            "low": result.aggregate - 1.959963984540054 * bse,
-            "high": result.aggregate + 1.959963984540054 * bse,
-            "method": "normal (bootstrap SE, corpus statistic)",
-            "se": bse,
-        }
+        wide = Interval(
+            result.aggregate - 1.959963984540054 * bse,
+            result.aggregate + 1.959963984540054 * bse,
+            "normal (bootstrap SE, corpus statistic)",
+        )
+        entry["ci95_normal"] = {**clip(wide, result.bounds).as_dict(), "se": bse}
+    entry["bounds"] = list(result.bounds) if result.bounds is not None else None
     entry["ci95_bootstrap"] = {**boot.as_dict(), "resamples": int(reps.size), "seed": seed}
     if result.display_transform == "inverse":
         entry["display"] = result.display
@@ -137,11 +163,20 @@ def evaluate(
     progress: TextIO | None = None,
 ) -> dict[str, Any]:
     """Read, pair and score; returns the results document (see the module docstring)."""
-    refs = read_reports(references, opts.section, role="references", split=opts.split)
-    cands = read_reports(candidates, opts.section, role="candidates")
-    for note in refs.notes:
-        _progress(progress, f"note: references {note}")
-    pairs = pair_reports(refs, cands, opts.allow_missing)
+    columns = {"id_column": opts.id_column, "text_column": opts.text_column}
+    refs = read_reports(references, opts.section, role="references", split=opts.split, **columns)
+    cands = read_reports(candidates, opts.section, role="candidates", **columns)
+    for side, r in (("references", refs), ("candidates", cands)):
+        for note in r.notes:
+            _progress(progress, f"note: {side} {r.path}: {note}")
+    pairs = pair_reports(refs, cands, opts.allow_missing, opts.skip_empty_references)
+    if pairs.skipped_empty_references:
+        skipped = pairs.skipped_empty_references
+        _progress(
+            progress,
+            f"note: skipped {len(skipped)} pair(s) with an empty reference "
+            f"(--skip-empty-references; e.g. {', '.join(skipped[:3])})",
+        )
     if pairs.only_references or pairs.only_candidates:
         _progress(
             progress,
@@ -171,15 +206,18 @@ def evaluate(
     return {
         "radixpert_version": radixpert.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": opts.command,
         "inputs": {
             side: {
                 "path": str(r.path),
                 "sha256": r.sha256,
                 "format": r.fmt,
                 "records": len(r.texts),
+                "notes": r.notes,
             }
             for side, r in (("references", refs), ("candidates", cands))
         },
+        "columns": {"id": opts.id_column, "text": opts.text_column},
         "section": opts.section,
         "split": opts.split,
         "pairs": len(pairs.ids),
@@ -187,11 +225,15 @@ def evaluate(
             "only_references": {"count": len(pairs.only_references), "ids": pairs.only_references},
             "only_candidates": {"count": len(pairs.only_candidates), "ids": pairs.only_candidates},
         },
+        "skipped_empty_references": {
+            "count": len(pairs.skipped_empty_references),
+            "ids": pairs.skipped_empty_references[:IDS_SHOWN],
+        },
         "empty_candidates": {"count": len(pairs.empty_candidates), "ids": pairs.empty_candidates},
         "long_reports": {
             "count": len(long_ids),
             "words_over": LONG_REPORT_WORDS,
-            "ids": long_ids[:100],
+            "ids": long_ids[:IDS_SHOWN],
         },
         "confidence": {
             "level": 0.95,
@@ -209,26 +251,46 @@ def evaluate(
     }
 
 
+def strict_json(value: Any) -> Any:
+    """`value` with every float that is not finite (nan, ±inf) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_results(results: dict[str, Any], path: str | Path) -> None:
+    """Write the results document atomically, as strict JSON (non-finite numbers are null)."""
     with atomic_write(path) as f:
-        json.dump(results, f, indent=1, allow_nan=True)
+        json.dump(strict_json(results), f, indent=1, allow_nan=False)
         f.write("\n")
 
 
 def write_per_sample(results: dict[str, Any], path: str | Path) -> None:
-    """One row per id, one column per metric (CSV, or JSONL when the name ends in .jsonl)."""
+    """One row per id, one column per metric (CSV, or JSONL when the name ends in .jsonl).
+
+    A score that is not a number is an empty CSV cell, a JSONL null.
+    """
     names = list(results["metrics"])
     cols = {n: results["metrics"][n]["per_sample"] for n in names}
     path = Path(path)
     with atomic_write(path, newline="") as f:
         if path.suffix.lower() == ".jsonl":
             for i, rid in enumerate(results["ids"]):
-                f.write(json.dumps({"id": rid, **{n: cols[n][i] for n in names}}) + "\n")
+                row = strict_json({"id": rid, **{n: cols[n][i] for n in names}})
+                f.write(json.dumps(row, allow_nan=False) + "\n")
         else:
             w = csv.writer(f)
             w.writerow(["id", *names])
             for i, rid in enumerate(results["ids"]):
-                w.writerow([rid, *(f"{cols[n][i]:.6g}" for n in names)])
+                w.writerow([rid, *(_cell(cols[n][i]) for n in names)])
+
+
+def _cell(x: float | None) -> str:
+    return "" if x is None or not math.isfinite(x) else f"{x:.6g}"
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -270,6 +332,9 @@ def format_table(results: dict[str, Any]) -> str:
         f"{results['pairs']} pairs; bootstrap {results['confidence']['bootstrap_resamples']}"
         f" resamples, seed {results['confidence']['bootstrap_seed']}"
     ]
+    skipped_refs = results.get("skipped_empty_references", {}).get("count", 0)
+    if skipped_refs:
+        foot.append(f"{skipped_refs} pairs with an empty reference skipped")
     if results["empty_candidates"]["count"]:
         foot.append(f"{results['empty_candidates']['count']} empty candidates scored as given")
     for name, why in results["skipped_metrics"].items():

@@ -30,6 +30,13 @@ mentioned). How a label is reached:
    effusion, possible pneumonia": pneumonia is uncertain). A trigger after the mention
    ("pneumothorax has resolved", "effusion cannot be excluded") reaches back over subject
    lists but not over another verb.
+   A negation before the mention does not reach past a verb and a comma ("no pneumothorax
+   is seen, a small effusion is present") nor past a comma followed by a size, severity or
+   course word when no "or" / "and" makes a list of it ("no pneumothorax, small left
+   effusion": the effusion is positive; "no consolidation, large effusion, or pneumothorax":
+   negative); a trigger
+   after the mention does not reach back over ", and" to another subject of a singular verb
+   ("small effusion, and pneumothorax has resolved": the effusion is positive).
 5. Size and contour phrases ("heart size", "cardiac silhouette", "cardiomediastinal
    silhouette", "mediastinum") are labelled from their predicate: enlarged / widened /
    prominent -> 1, normal / unremarkable / within normal limits / not enlarged -> 0,
@@ -51,8 +58,9 @@ mentioned). How a label is reached:
    CheXpert's labeler would call it No Finding.
 
 Limits: the rules see words, not syntax, so some constructions are mislabelled (in "no
-pneumothorax, small left effusion" the negation reaches the effusion); the choice of
-section (findings / impression) is the caller's. See docs/labeler.md for the agreement
+consolidation, edema is present" the negation reaches the edema, and in "no pneumothorax,
+small effusion and mild edema" the effusion); the choice of section (findings /
+impression) is the caller's. See docs/labeler.md for the agreement
 with human MeSH coding of the IU X-ray reports.
 """
 
@@ -71,7 +79,7 @@ from radixpert.vocab import OBSERVATIONS
 
 log = logging.getLogger(__name__)
 
-LABELER_VERSION = "1.0"
+LABELER_VERSION = "1.1"
 LABELER_NAME = f"radixpert rule-based CheXpert-style labeler v{LABELER_VERSION} (not CheXbert)"
 
 # The 14 observations in CheXpert's column order; one definition shared with the F1 scoring.
@@ -578,6 +586,20 @@ _CLAUSE_END = re.compile(r"\s*(?:[,.;:!?)]|$)")
 # A verb and then a comma between a trigger and a mention before it: a new statement
 # ("no pneumothorax is seen, a small effusion is present").
 _PRE_BREAK = re.compile(r"\b(?:is|are|was|were|seen|identified|noted|present|demonstrated)\b[^,]*,")
+# A comma and then a size, severity or course word: a new finding, not one more item of the
+# negated list ("no pneumothorax, small left effusion"; "no edema, stable cardiomegaly") -
+# unless a conjunction makes it a list ("no consolidation, large effusion, or pneumothorax").
+_NEW_ITEM = re.compile(
+    r",\s*(?:(?:and|with|a|an)\s+)?(?:small|smaller|moderate|moderately|large|larger|mild|"
+    r"mildly|minimal|trace|tiny|severe|severely|new|increased|increasing|decreased|decreasing|"
+    r"persistent|persisting|stable|unchanged|worsening|worsened|improving|improved|residual|"
+    r"loculated|layering)\b"
+)
+# ", and" before a subject whose verb is singular: the trigger after it is about that subject
+# alone ("small effusion, and pneumothorax has resolved").
+_LIST_WORD = re.compile(r"\b(?:or|and|nor)\b")
+_AND_SUBJECT = re.compile(r",\s*and\b")
+_SINGULAR = re.compile(r"\b(?:is|was|has|remains|appears|seems)\b")
 _PRE_MAX, _SHORT_MAX, _POST_MAX = 160, 30, 80
 _TRIGGER_MAX = 80  # longer than any trigger phrase
 _BEFORE = {"pre", "copre", "short", "both", "near"}  # reaches that look forward
@@ -744,6 +766,16 @@ def _cue_label(text: str, start: int, end: int, clause_start: int, clause_end: i
     return _CUE_LABEL[best]
 
 
+def _new_item(text: str, gap: str, end: int) -> bool:
+    """Whether a mention ending at `end` starts a new statement after a negation: a comma and
+    a size / course word in `gap`, and no "or" / "and" / "nor" up to the sentence's end."""
+    if not _NEW_ITEM.search(gap):
+        return False
+    stops = [i for i in (text.find(".", end), text.find(";", end)) if i >= 0]
+    rest = text[end : min(stops, default=len(text))]
+    return not (_LIST_WORD.search(gap) or _LIST_WORD.search(rest))
+
+
 def _classify(
     text: str,
     start: int,
@@ -763,7 +795,9 @@ def _classify(
             gap = text[t_end:start]
             if reach in _LONG_BEFORE:
                 # "no pneumothorax is seen, a small effusion ...": a new statement
-                if len(gap) > _PRE_MAX or (kind == "neg" and _PRE_BREAK.search(gap)):
+                if len(gap) > _PRE_MAX or (
+                    kind == "neg" and (_PRE_BREAK.search(gap) or _new_item(text, gap, end))
+                ):
                     continue
             elif len(gap) > _SHORT_MAX or "," in gap:
                 continue
@@ -778,6 +812,8 @@ def _classify(
             tail = _GAP_TAIL.search(gap)
             core = gap[: tail.start()] if tail else gap
             if _VERB_IN_GAP.search(core):
+                continue
+            if tail and _SINGULAR.search(tail.group()) and _AND_SUBJECT.search(core):
                 continue
             if reach in ("cpost", "copre") and not (tail and _COPULA.search(tail.group())):
                 continue
