@@ -73,7 +73,15 @@ class RecipeError(RadixpertError, ValueError):
 
 
 class LLMError(RadixpertError, RuntimeError):
-    """The opt-in LLM endpoint refused, failed, or answered in an unexpected shape."""
+    """The opt-in LLM endpoint refused, failed, or answered in an unexpected shape.
+
+    `status` is the HTTP status when the server answered with an error (None otherwise): a
+    4xx other than 429 is the request's fault and asking again will not help.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class MetricUnavailable(RadixpertError, RuntimeError):

@@ -91,6 +91,17 @@ class ChatClient:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 data: Any = json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            # The server's own reason (OpenAI layout: {"error": {"message": ...}}) says more
+            # than the status line.
+            detail = ""
+            try:
+                detail = e.read().decode("utf-8", "replace")
+                detail = str(json.loads(detail)["error"]["message"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            reason = f": {detail[:300]}" if detail else ""
+            raise LLMError(f"{self.url}: HTTP {e.code} {e.reason}{reason}", e.code) from None
         except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
             raise LLMError(f"{self.url}: {e}") from None
         try:

@@ -296,3 +296,16 @@ def test_local_judge_of_a_hub_id_names_its_snapshot(hub_checkpoint):
     with pytest.raises(MetricUnavailable, match="cannot be loaded"):
         LocalJudge("nobody/not-in-the-cache", device="cpu").complete(question(1), max_tokens=2)
     assert last_user({"messages": question(2)}) == "question 2: how many?"
+
+
+def test_a_refused_request_is_not_asked_again_and_the_reason_is_shown():
+    import json
+
+    from radixpert.evaluate.judges.backend import EndpointJudge, ask
+
+    refusal = json.dumps({"error": {"message": "messages[0]: system messages are not supported"}})
+    with JudgeServer(lambda body: (400, refusal)) as server:
+        with pytest.raises(LLMError, match=r"HTTP 400.*system messages are not supported") as e:
+            ask(EndpointJudge(server.url, "m"), [{"role": "user", "content": "q"}], str)
+        assert e.value.status == 400
+        assert len(server.requests) == 1

@@ -319,7 +319,10 @@ def _complete(backend: JudgeBackend, messages: Messages, max_tokens: int, retrie
             return backend.complete(messages, max_tokens=max_tokens)
         except (LLMError, OSError) as e:
             # A reset connection surfaces as a bare OSError from http.client, not an LLMError.
-            if attempt == retries:
+            # A refusal of the request itself (4xx but 429) is not asked again.
+            status = getattr(e, "status", None)
+            refused = isinstance(e, LLMError) and status is not None and 400 <= status < 500
+            if attempt == retries or (refused and status != 429):
                 if isinstance(e, LLMError):
                     raise
                 raise LLMError(f"judge {backend.identity}: {e}") from None
