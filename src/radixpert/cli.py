@@ -78,7 +78,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         choices=SECTIONS,
         help="which text to score when records have sections (default: the report "
-        "field, else findings + impression)",
+        "field, else findings + impression; findings+impression-rexrank: the reference as "
+        "ReXrank's script builds it, 'Findings: F Impression: I' with a missing one 'None')",
     )
     p.add_argument(
         "--split",

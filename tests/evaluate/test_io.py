@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -329,3 +330,32 @@ def test_ids_match_in_nfc_and_keep_their_spelling(tmp_path):
     )
     with pytest.raises(InputError, match=r"1 duplicate id\(s\).*also spelled"):
         read_reports(p)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "mimic-cxr/ReXRank_MIMICCXR_test.json",
+        "chexpert_plus/ReXRank_CheXpertPlus.json",
+    ],
+)
+def test_rexrank_section_builds_rexranks_reference_study_by_study(path):
+    """`--section findings+impression-rexrank` gives, for every study, the text that ReXrank's
+    evaluation script builds (as the benchmark's rexrank reference building: "None" for a
+    missing section included), read from the real-layout fixtures."""
+    from radixpert.evaluate.io import REXRANK_SECTION, read_reports
+    from radixpert.leaderboard.benchmarks import (
+        build_references,
+        load_benchmark,
+        read_records,
+    )
+
+    file = Path(__file__).parents[1] / "data" / "fixtures" / "rexrank" / path
+    reports = read_reports(file, REXRANK_SECTION, role="references")
+    bench = load_benchmark("rexrank-mimic-cxr-findings-impression")
+    expected, excluded = build_references(bench, read_records(file, "rexrank"))
+    assert not excluded
+    assert reports.texts == expected
+    assert any(
+        t.endswith("Impression: None") or t.startswith("Findings: None") for t in expected.values()
+    )

@@ -38,7 +38,8 @@ SECTION_KEYS = {  # plain names, and the ReXrank data files' names
     "findings": ("findings", "section_findings"),
     "impression": ("impression", "section_impression"),
 }
-SECTIONS = ("auto", "report", "findings", "impression", "findings+impression")
+REXRANK_SECTION = "findings+impression-rexrank"
+SECTIONS = ("auto", "report", "findings", "impression", "findings+impression", REXRANK_SECTION)
 
 
 @dataclass
@@ -124,6 +125,26 @@ def _text_of(
         if t is None:
             raise InputError(f"{where}: no {section!r} field (fields: {', '.join(map(str, rec))})")
         return t
+    if section == REXRANK_SECTION:
+        if findings is None and impression is None:
+            raise InputError(f"{where}: neither 'findings' nor 'impression' field")
+        if role == "references":
+            # ReXrank's evaluation script (rajpurkarlab/ReXrank, example_files/
+            # evaluation_script.md) exactly: f"Findings: {findings} Impression: {impression}",
+            # the values as shipped, a missing (NaN / null) section written as Python's None.
+            def shipped(keys: tuple[str, ...]) -> object:
+                k = _first(rec, keys)
+                v = None if k is None else rec[k]
+                return None if isinstance(v, float) and v != v else v
+
+            f, i = shipped(SECTION_KEYS["findings"]), shipped(SECTION_KEYS["impression"])
+            return f"Findings: {f} Impression: {i}"
+        # a sectioned model output: the same labels, a missing section left out
+        labelled = [f"Findings: {findings.strip()}" if findings and findings.strip() else ""]
+        labelled.append(
+            f"Impression: {impression.strip()}" if impression and impression.strip() else ""
+        )
+        return joined(*labelled)
     if section == "findings+impression":
         if findings is None and impression is None:
             raise InputError(f"{where}: neither 'findings' nor 'impression' field")
