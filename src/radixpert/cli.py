@@ -239,7 +239,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             metric_options={**_metric_options(args)},
         )
     if args.retrieval:
-        from radixpert.evaluate import retrieval
+        from radixpert.leaderboard import retrieval
 
         if not args.model or not args.data:
             raise UsageError("--retrieval needs --model and --data")

@@ -387,7 +387,10 @@ def test_conversation_scores_through_the_server(tmp_path):
         assert (s["questions"], s["failed"], s["retried"]) == (3, 1, 2)
         assert s["prompt_version"] == cj.PROMPT_VERSION == "radixpert-conversation-judge-v1"
         # The question and the history reach the judge; the image token does not.
-        first = first_user(server.requests[0])
+        # (questions are in flight at once: find s1's among the requests)
+        first = next(
+            first_user(r) for r in server.requests if "Is there pleural effusion?" in first_user(r)
+        )
         assert "Round 1 (history, not rated)\nUser: What view is this radiograph?" in first
         assert "Assistant: This is a PA view." in first
         assert "Round 2 (rated)\nUser: Is there pleural effusion?" in first

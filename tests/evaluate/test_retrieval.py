@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from radixpert.errors import InputError
-from radixpert.evaluate.retrieval import (
+from radixpert.leaderboard.retrieval import (
     HEAD_FILE,
     Embeddings,
     main,
@@ -362,7 +362,7 @@ def test_a_tiny_open_clip_model_runs_and_its_tower_in_a_bundle_matches_it(
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     from radixpert.data.phantoms import generate_phantoms
-    from radixpert.evaluate.retrieval import load_encoder
+    from radixpert.leaderboard.retrieval import load_encoder
     from radixpert.models.bundle import save_bundle
     from radixpert.models.llava import TINY_IMAGE_TOKEN, tiny_text_config
     from radixpert.models.open_clip_tower import create_open_clip, load_open_clip_tower
