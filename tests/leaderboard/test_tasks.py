@@ -260,3 +260,14 @@ def test_report_corpus_columns_say_their_test_is_on_means(tmp_path: Path) -> Non
     settings = json.loads((tmp_path / "site" / "settings.json").read_text())
     per = settings["benchmarks"][bench]["test_statistic_per_metric"]
     assert per["bleu-4"].startswith("mean of per-sample scores (a corpus statistic")
+
+
+def test_phantom_task_benchmarks_name_their_image_folder():
+    """The demo's instruct files hold image paths relative to the phantoms folder, so
+    `benchmark run --model` must find the images there, not beside the instruct file."""
+    from radixpert.leaderboard.benchmarks import load_benchmark
+
+    for name in ("phantoms-classification", "phantoms-grounding"):
+        bench = load_benchmark(name)
+        assert bench.dataset.images == "phantoms"
+        assert bench.dataset.file == "instruct/test.jsonl"

@@ -120,6 +120,7 @@ class Dataset:
     file: str
     split: str | None = None
     studies: int | None = None
+    images: str | None = None  # folder the file's image paths are relative to (under --data)
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,7 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
             file=str(ds["file"]),
             split=ds.get("split"),
             studies=ds.get("studies"),
+            images=ds.get("images"),
         ),
         track=str(data.get("track", "")),
         reference=str(data.get("reference", "")),

@@ -449,7 +449,8 @@ def generate_for(
         # Only the benchmark's tasks are answered; images stay relative to the original file.
         studies = folder / f"{bench.name}.conversations.jsonl"
         _task_conversations(source, set(bench.tasks), studies)
-        image_root, split = source.parent, None
+        images = bench.dataset.images
+        image_root, split = (data / images if images else source.parent), None
     elif bench.dataset.layout in ("rexrank", "rexgradient"):
         from radixpert.data.prepare import prepare
 
@@ -463,7 +464,9 @@ def generate_for(
     else:
         studies = source
     out = folder / f"{bench.name}.predictions.json"
-    settings = GenerateSettings(track=bench.track, batch_size=batch_size, **prompt_style(model_dir))
+    # A task benchmark has no report track; its conversations carry their own questions.
+    track = bench.track if bench.kind != "task" else "findings"
+    settings = GenerateSettings(track=track, batch_size=batch_size, **prompt_style(model_dir))
     run_generate(
         model_dir, studies, out, settings, image_root=image_root, split=split, progress=progress
     )
