@@ -42,6 +42,18 @@ REXRANK_SECTION = "findings+impression-rexrank"
 SECTIONS = ("auto", "report", "findings", "impression", "findings+impression", REXRANK_SECTION)
 
 
+def rexrank_reference(findings: object, impression: object) -> str:
+    """The findings + impression reference exactly as ReXrank's evaluation script builds it
+    (rajpurkarlab/ReXrank, example_files/evaluation_script.md):
+    ``f"Findings: {findings} Impression: {impression}"``, the values as shipped, a missing
+    (None / NaN) section written as Python's ``None``."""
+
+    def shown(v: object) -> object:
+        return None if isinstance(v, float) and v != v else v
+
+    return f"Findings: {shown(findings)} Impression: {shown(impression)}"
+
+
 @dataclass
 class Reports:
     """Reports of one file, in file order: `texts[id] -> report`, ids as the file spells them.
@@ -129,16 +141,14 @@ def _text_of(
         if findings is None and impression is None:
             raise InputError(f"{where}: neither 'findings' nor 'impression' field")
         if role == "references":
-            # ReXrank's evaluation script (rajpurkarlab/ReXrank, example_files/
-            # evaluation_script.md) exactly: f"Findings: {findings} Impression: {impression}",
-            # the values as shipped, a missing (NaN / null) section written as Python's None.
+
             def shipped(keys: tuple[str, ...]) -> object:
                 k = _first(rec, keys)
-                v = None if k is None else rec[k]
-                return None if isinstance(v, float) and v != v else v
+                return None if k is None else rec[k]
 
-            f, i = shipped(SECTION_KEYS["findings"]), shipped(SECTION_KEYS["impression"])
-            return f"Findings: {f} Impression: {i}"
+            return rexrank_reference(
+                shipped(SECTION_KEYS["findings"]), shipped(SECTION_KEYS["impression"])
+            )
         # a sectioned model output: the same labels, a missing section left out
         labelled = [f"Findings: {findings.strip()}" if findings and findings.strip() else ""]
         labelled.append(

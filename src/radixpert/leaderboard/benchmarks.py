@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from radixpert.errors import InputError, UsageError
-from radixpert.evaluate.io import PREDICTION_KEYS
+from radixpert.evaluate.io import PREDICTION_KEYS, rexrank_reference
 from radixpert.paths import configs_dir
 
 __all__ = [
@@ -427,10 +427,10 @@ def build_references(
     for rid, rec in records.items():
         findings, impression = _sections(rec, layout)
         if bench.reference == "rexrank":
-            f = None if _missing(findings) else findings
-            i = None if _missing(impression) else impression
-            # ReXrank's evaluation_script.md: f"Findings: {findings} Impression: {impression}"
-            refs[rid] = f"Findings: {f} Impression: {i}" if bench.track != "findings" else f"{f}"
+            if bench.track == "findings":
+                refs[rid] = str(None if _missing(findings) else findings)
+            else:
+                refs[rid] = rexrank_reference(findings, impression)
         else:
             text = _clean(findings, impression, bench.track)
             if text is None:
