@@ -20,8 +20,9 @@ CONFIG = configs_dir("accelerate") / "cpu_ddp_2proc.yaml"
 STEPS = 5
 
 
-def worker(data_root: Path, out: Path, batch_size: int) -> None:
-    """Trains the test stage; the main process writes losses and trainable weights."""
+def worker(data_root: Path, out: Path, batch_size: int, grpo: bool = False) -> None:
+    """Trains the test stage (or its grpo version); the main process writes losses, trainable
+    weights and the logged rows."""
     from safetensors.torch import save_file
 
     from radixpert.train.loop import train_stage
@@ -39,6 +40,7 @@ def worker(data_root: Path, out: Path, batch_size: int) -> None:
         batch_size=batch_size,
         grad_accum=2,
         save_every=None,
+        **grpo_settings(grpo),
     )
     result = train_stage(
         model,
@@ -48,6 +50,7 @@ def worker(data_root: Path, out: Path, batch_size: int) -> None:
         out / "run",
         image_root=data_root / "phantoms",
         progress=False,
+        log_every=1,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         trained = {
@@ -59,7 +62,19 @@ def worker(data_root: Path, out: Path, batch_size: int) -> None:
         (out / "losses.json").write_text(json.dumps(result["losses"]))
 
 
-def _launch(args: list[str], data_root: Path, out: Path, batch_size: int) -> None:
+def grpo_settings(grpo: bool) -> dict:
+    from radixpert.train.recipe import GRPOSettings
+
+    if not grpo:
+        return {}
+    rewards = {"findings-f1": 1.0, "bleu-2": 0.5, "format": 0.2}
+    return {"objective": "grpo", "grpo": GRPOSettings(group_size=4, max_new_tokens=8,
+                                                       rewards=rewards)}  # fmt: skip
+
+
+def _launch(
+    args: list[str], data_root: Path, out: Path, batch_size: int, grpo: bool = False
+) -> None:
     script = out / "worker.py"
     out.mkdir(parents=True, exist_ok=True)
     script.write_text(
@@ -67,7 +82,7 @@ def _launch(args: list[str], data_root: Path, out: Path, batch_size: int) -> Non
             f"""
             from pathlib import Path
             from tests.train.test_distributed import worker
-            worker(Path({str(data_root)!r}), Path({str(out)!r}), {batch_size})
+            worker(Path({str(data_root)!r}), Path({str(out)!r}), {batch_size}, {grpo})
             """
         )
     )
@@ -80,23 +95,34 @@ def _launch(args: list[str], data_root: Path, out: Path, batch_size: int) -> Non
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", ["lm", "grpo"])
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path, objective: str) -> None:
+    """Also for grpo: each process samples its examples' groups, and the rewards, KL and
+    answer lengths logged over both processes equal those of one."""
     from safetensors.torch import load_file
 
+    grpo = objective == "grpo"
     data_root = tmp_path / "data"
     data_root.mkdir()
     _make_data(data_root)
     one, two = tmp_path / "one", tmp_path / "two"
-    _launch([sys.executable], data_root, one, batch_size=4)
+    _launch([sys.executable], data_root, one, batch_size=4, grpo=grpo)
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG)]
     accelerate += ["--main_process_port", "0"]  # a free port: parallel runs do not collide
-    _launch(accelerate, data_root, two, batch_size=2)
+    _launch(accelerate, data_root, two, batch_size=2, grpo=grpo)
+    if grpo:
+        rows = [[json.loads(x) for x in (d / "run" / "metrics.jsonl").open()] for d in (one, two)]
+        train = [[r for r in rs if r["kind"] == "train"] for rs in rows]
+        assert len(train[0]) == len(train[1]) == STEPS
+        for a, b in zip(*train):
+            for key in ("reward", "kl", "answer_tokens", "reward/findings-f1", "reward/bleu-2"):
+                assert b[key] == pytest.approx(a[key], abs=1e-5), key
 
     losses_one = json.loads((one / "losses.json").read_text())
     losses_two = json.loads((two / "losses.json").read_text())
     assert len(losses_one) == len(losses_two) == STEPS
     assert losses_two == pytest.approx(losses_one, abs=1e-5)
-    assert losses_one[-1] < losses_one[0]
+    assert grpo or losses_one[-1] < losses_one[0]
     w_one, w_two = (
         load_file(one / "trainable.safetensors"),
         load_file(two / "trainable.safetensors"),

@@ -40,8 +40,11 @@ def test_every_recipe_objective_has_a_class() -> None:
     assert isinstance(create_objective("lm"), LanguageModelObjective)
     assert isinstance(create_objective("contrastive"), ContrastiveObjective)
     assert create_objective("lm") is not create_objective("lm")  # fresh state per stage
-    with pytest.raises(ValueError, match="'contrastive', 'lm'"):
-        create_objective("grpo-not-yet")
+    from radixpert.train.grpo import GRPOObjective
+
+    assert isinstance(create_objective("grpo"), GRPOObjective)
+    with pytest.raises(ValueError, match="'contrastive', 'grpo', 'lm'"):
+        create_objective("ppo")
 
 
 def _token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int]:

@@ -57,8 +57,9 @@ __all__ = [
 GROUP_BATCHES = 8
 PREFETCH_BATCHES = 2  # per worker: enough to hide a slow image read behind the step before it
 
-BatchBuilder = Callable[[list[list[Path]], list[list[dict[str, Any]]]], dict[str, torch.Tensor]]
-"""Turns the image paths and turns of a micro-batch's conversations into model inputs."""
+BatchBuilder = Callable[..., dict[str, Any]]
+"""Turns the image paths and turns of a micro-batch's conversations into model inputs; one with
+``takes_keys = True`` also gets ``keys`` (each example's ``(index, batch tag)``) and ``seed``."""
 
 
 def example_length(processor: Any, item: Any) -> int:
@@ -186,7 +187,8 @@ class ValidationSampler(Sampler[list[tuple[int, str]]]):
 
 
 class Examples(Dataset):
-    """The conversations keyed by ``(index, batch tag)``: image paths (under root) and turns."""
+    """The conversations keyed by ``(index, batch tag)``: tag, index, image paths (under root)
+    and turns."""
 
     def __init__(self, conversations: Sequence[Any], root: Path) -> None:
         self.conversations, self.root = conversations, root
@@ -194,10 +196,12 @@ class Examples(Dataset):
     def __len__(self) -> int:
         return len(self.conversations)
 
-    def __getitem__(self, key: tuple[int, str]) -> tuple[str, list[Path], list[dict[str, Any]]]:
+    def __getitem__(
+        self, key: tuple[int, str]
+    ) -> tuple[str, int, list[Path], list[dict[str, Any]]]:
         index, tag = key
         paths, turns = images_and_turns(self.conversations[index])
-        return tag, [self.root / p for p in paths], turns
+        return tag, index, [self.root / p for p in paths], turns
 
 
 @contextlib.contextmanager
@@ -233,15 +237,18 @@ class Collate:
         self.build, self.seed = build, seed
 
     def __call__(
-        self, examples: Sequence[tuple[str, list[Path], list[dict[str, Any]]]]
-    ) -> tuple[str, dict[str, torch.Tensor]]:
+        self, examples: Sequence[tuple[str, int, list[Path], list[dict[str, Any]]]]
+    ) -> tuple[str, dict[str, Any]]:
         tag = examples[0][0]
-        images = [paths for _, paths, _ in examples]
-        turns = [conv for _, _, conv in examples]
+        images = [paths for _, _, paths, _ in examples]
+        turns = [conv for _, _, _, conv in examples]
+        extra: dict[str, Any] = {}
+        if getattr(self.build, "takes_keys", False):
+            extra = {"keys": [(i, t) for t, i, _, _ in examples], "seed": self.seed}
         try:
             # The key keeps the loop's first module name, as length_grouped_batches does.
             with seeded(f"radixpert.loop.batch:{self.seed}:{tag}"):
-                batch = self.build(images, turns)
+                batch = self.build(images, turns, **extra)
         except RadixpertError:
             raise  # an ImageError already names the file that failed
         except (OSError, ValueError) as e:

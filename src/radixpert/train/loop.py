@@ -14,8 +14,9 @@ It is a ``StageTrainer`` with ``setup``, ``train``, ``validate`` and ``save``:
 * ``setup``: ``apply_trainability`` with the stage's component settings (unless the model
   already carries peft adapters, e.g. after ``next_stage``); an ``accelerate.Accelerator`` with
   the stage's mixed precision and gradient accumulation; the stage's objective
-  (``radixpert.train.objectives``: ``lm``, ``contrastive``); AdamW with one parameter group per
-  component (the stage's per-component learning rates; no weight decay on biases and norms),
+  (``radixpert.train.objectives``: ``lm``, ``contrastive``, ``grpo``); AdamW with one
+  parameter group per component (the stage's per-component learning rates; no weight decay on
+  biases and norms),
   a cosine, linear or constant schedule after a linear warmup of ``warmup_ratio`` of the
   steps; the checkpoint to resume from;
 * ``train``: every optimiser step takes the next ``grad_accum`` global batches of the
@@ -265,6 +266,7 @@ class StageTrainer:
         self._setup_model()
         # Before the accelerator: a head's random initialisation follows the model's.
         self.objective.prepare(self.model, self.processor, self.stage)
+        self.objective.bind(self.conversations, self.options.val_conversations)
         self._setup_accelerator()
         measured = [measure(self.processor, c) for c in self.conversations]
         self.lengths = [length for length, _ in measured]
@@ -381,7 +383,7 @@ class StageTrainer:
         self.val_loader = make_loader(
             Examples(val, self.root),
             ValidationSampler(len(val), self.global_batch, self.world, self.rank),
-            collate,
+            Collate(self.objective.val_batch_builder(self.processor), options.seed),
             self.workers,
             device,
             options.seed,
@@ -433,10 +435,11 @@ class StageTrainer:
             self.last_loss = self.train_step()
             self.losses.append(self.last_loss)
             bar.update(1)
-            bar.set_postfix(loss=f"{self.last_loss:.4f}", refresh=False)
             last = self.step == self.steps_total
             if self.step % max(1, options.log_every) == 0 or last:
                 self._log_step()
+            shown = {k: f"{v:.4f}" for k, v in self.objective.bar_values().items()}
+            bar.set_postfix(loss=f"{self.last_loss:.4f}", **shown, refresh=False)
             if evaluates and (self.step % eval_every == 0 or last):
                 self.validation = self.validate()
                 self.record("validation", self.validation)
@@ -488,6 +491,7 @@ class StageTrainer:
                     loss = out.loss
                     value = float(loss.detach()) / (accum * world)
                 loss, value = loss * weight, value * weight
+                self.objective.account(weight)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and stage.grad_clip is not None:
                     accelerator.clip_grad_norm_(model.parameters(), stage.grad_clip)
@@ -504,10 +508,9 @@ class StageTrainer:
             summed = float(total)
         return summed
 
-    def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         # non_blocking: from pinned memory the copy overlaps the step (a no-op on the CPU).
-        device = self.accelerator.device
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return _moved(batch, self.accelerator.device)
 
     def _log_step(self) -> None:
         elapsed = max(time.perf_counter() - self._tick, 1e-9)
@@ -522,6 +525,7 @@ class StageTrainer:
         }
         for group, lr in zip(self.optimizer.param_groups, lrs):
             values[f"lr/{group.get('name', 'group')}"] = lr
+        values.update(self.objective.log_values(self.accelerator))
         gate = _gate_weights(self.model)
         if gate is not None:
             values.update({f"gate/level{i}": g for i, g in enumerate(gate)})
@@ -725,6 +729,17 @@ def train_stage(
     trainer = StageTrainer(model, processor, conversations, stage, out_dir, options)
     trainer.setup()
     return trainer.train()
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    """Tensors of a batch (nested in mappings and lists) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {k: _moved(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_moved(v, device) for v in value]
+    return value
 
 
 def _peak_memory_gb(device: torch.device) -> float:

@@ -3,7 +3,7 @@
 The stage trainer (``radixpert.train.loop``) owns the optimiser, the batches, the
 checkpoints and the logs; an objective owns what differs between losses::
 
-    objective = create_objective(stage.objective)       # "lm" or "contrastive"
+    objective = create_objective(stage.objective)       # "lm", "contrastive" or "grpo"
     objective.prepare(model, processor, stage)          # builds a head it trains, if any
     build = objective.batch_builder(processor)          # micro-batch -> model inputs
     out = objective.loss(model, build(images, turns))   # BatchLoss(loss, count)
@@ -16,9 +16,12 @@ micro-batches on all processes), the trainer weighs each micro-batch's loss by
 they fall into micro-batches. Otherwise the step's loss is the mean of its micro-batch losses.
 
 Objectives are found by name in ``OBJECTIVES`` (``"module:Class"`` strings, imported when
-used). A new objective (GRPO) is one class here or in its own module, one entry in
-``OBJECTIVES`` and its name in ``Stage.objective`` (``radixpert.train.recipe``); the loop does
-not change.
+used). A new objective is one class here or in its own module (``grpo``:
+``radixpert.train.grpo``), one entry in ``OBJECTIVES`` and its name in ``Stage.objective``
+(``radixpert.train.recipe``); the loop does not change. An objective that needs to know which
+examples a batch holds (``grpo``: their tasks and targets for the rewards) gets them with
+``bind`` and gives its builder ``takes_keys = True``: the builder is then called with the
+``(index, batch tag)`` keys of the batch's examples and the run seed.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ __all__ = [
 OBJECTIVES: dict[str, str] = {
     "lm": "radixpert.train.objectives:LanguageModelObjective",
     "contrastive": "radixpert.train.objectives:ContrastiveObjective",
-    # "grpo": "radixpert.train.grpo:GRPOObjective",  (with "grpo" in Stage.objective)
+    "grpo": "radixpert.train.grpo:GRPOObjective",
 }
 """Objective classes by the recipe's ``objective`` name, imported when asked for."""
 
@@ -71,6 +74,9 @@ class Objective:
 
     def prepare(self, model: Any, processor: Any, stage: Stage) -> None:
         """Called once before the optimiser is built, with the model's trainability set."""
+
+    def bind(self, train: Sequence[Any], val: Sequence[Any]) -> None:
+        """Receives the stage's training and held-out examples (batches name them by index)."""
 
     def modules(self) -> list[nn.Module]:
         """Modules the objective trains beside the model (prepared and checkpointed with it)."""
@@ -107,9 +113,25 @@ class Objective:
         """
         raise NotImplementedError
 
+    def val_batch_builder(self, processor: Any) -> BatchBuilder:
+        """The builder of the held-out batches (``batch_builder`` by default)."""
+        return self.batch_builder(processor)
+
     def loss(self, model: Any, batch: Mapping[str, torch.Tensor]) -> BatchLoss:
         """The mean loss of one micro-batch and the count of units it averages over."""
         raise NotImplementedError
+
+    def account(self, weight: float) -> None:
+        """Called after each micro-batch's ``loss`` with its weight (0 for a stand-in batch of a
+        process that has no example of a small batch): statistics of weight 0 are dropped."""
+
+    def log_values(self, accelerator: Any) -> dict[str, float]:
+        """Statistics since the last call, logged with the step (every process calls it)."""
+        return {}
+
+    def bar_values(self) -> dict[str, float]:
+        """Values shown on the progress bar beside the loss."""
+        return {}
 
     @torch.no_grad()
     def validate(

@@ -58,6 +58,7 @@ __all__ = [
     "DataMixture",
     "DataSource",
     "EarlyStopping",
+    "GRPOSettings",
     "HCFOptions",
     "ModelSpec",
     "Optimizer",
@@ -262,6 +263,75 @@ class EarlyStopping:
 
 
 @dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+    """The ``grpo`` objective's settings (``radixpert.train.grpo``).
+
+    Args:
+        group_size: Reports sampled per prompt; advantages are relative to the group.
+        rewards: Reward name to weight (``radixpert.train.rewards.REWARD_NAMES``): an
+            example's reward is the weighted mean of the rewards that apply to its task.
+        kl_coef: Coefficient of the KL penalty to the stage's starting model (0: none).
+        max_new_tokens: Longest sampled answer; one that runs out is ``truncated``.
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling mass (1: off).
+        top_k: Top-k sampling (0: off).
+        scale_rewards: Divide the group-centred rewards by the group's standard deviation.
+        max_length_ratio: An answer longer than this many times its reference (in words) is
+            penalised in proportion to the excess (guard against padding a report).
+        length_penalty: Penalty of an answer twice the allowed length (and more).
+        truncation_penalty: Penalty of an answer that reached ``max_new_tokens``.
+        repetition_ngram: Word n-grams counted for the repetition guard.
+        repetition_threshold: Share of repeated n-grams tolerated before the penalty.
+        repetition_penalty: Penalty of an answer made of repeats only.
+    """
+
+    group_size: int = 8
+    rewards: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"findings-f1": 1.0, "format": 0.1}
+    )
+    kl_coef: float = 0.04
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    scale_rewards: bool = True
+    max_length_ratio: float = 2.0
+    length_penalty: float = 0.5
+    truncation_penalty: float = 0.5
+    repetition_ngram: int = 3
+    repetition_threshold: float = 0.2
+    repetition_penalty: float = 0.5
+
+    def __post_init__(self) -> None:
+        from radixpert.train.rewards import check_reward_names
+
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (advantages need a group), got "
+                             f"{self.group_size}")  # fmt: skip
+        for key in ("max_new_tokens", "temperature", "max_length_ratio", "repetition_ngram"):
+            _positive(getattr(self, key), key)
+        for key in ("kl_coef", "length_penalty", "truncation_penalty", "repetition_penalty"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.repetition_threshold < 1:
+            raise ValueError(
+                f"repetition_threshold must be in [0, 1), got {self.repetition_threshold}"
+            )
+        if not self.rewards:
+            raise ValueError("rewards: at least one reward is needed")
+        for name, weight in self.rewards.items():
+            _positive(weight, f"rewards.{name}")
+        try:
+            check_reward_names(self.rewards)
+        except UnknownName as err:
+            raise ValueError(str(err)) from None
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
     """One training stage.
 
@@ -284,7 +354,9 @@ class Stage:
             report conversations; its values are logged (``val_<name>``) and can drive early
             stopping.
         save_every: Steps between checkpoints; None saves at the end of the stage.
-        objective: "lm" (next-token loss) or "contrastive" (image-report, LLaVA-Rad stage 1).
+        objective: "lm" (next-token loss), "contrastive" (image-report, LLaVA-Rad stage 1) or
+            "grpo" (group-relative policy optimisation on rewards, ``grpo`` settings).
+        grpo: The ``grpo`` objective's settings (defaults when omitted); only with it.
         input: "image+prompt", or "image_only" (the prompt is dropped; LLaVA-Rad alignment).
         prompt_fields: Study fields put in the prompt, e.g. ["indication"].
         family_stage: The family's own stage switch, for RadScribe "decoder" / "end_to_end"
@@ -308,7 +380,8 @@ class Stage:
     eval_every: int | None = None
     eval_metric: str | None = None
     save_every: int | None = None
-    objective: Literal["lm", "contrastive"] = "lm"
+    objective: Literal["lm", "contrastive", "grpo"] = "lm"
+    grpo: GRPOSettings | None = None
     input: Literal["image+prompt", "image_only"] = "image+prompt"
     prompt_fields: tuple[str, ...] = ()
     family_stage: Literal["decoder", "end_to_end"] | None = None
@@ -325,6 +398,8 @@ class Stage:
             _positive(getattr(self, key), key)
         if self.eval_metric is not None and self.objective != "lm":
             raise ValueError("eval_metric: only a language-model stage writes reports")
+        if self.grpo is not None and self.objective != "grpo":
+            raise ValueError(f"grpo: settings for the grpo objective, not {self.objective!r}")
         if self.input == "image_only" and self.prompt_fields:
             raise ValueError("prompt_fields: an image_only stage has no prompt")
 
@@ -656,6 +731,10 @@ def _stage_text(index: int, stage: Stage) -> str:
         loop += f", early stop {es.metric} ({es.mode}) patience {es.patience}"
     parts.append(loop)
     extra = f"objective {stage.objective}, input {stage.input}"
+    if stage.objective == "grpo":
+        g = stage.grpo or GRPOSettings()
+        rewards = ", ".join(f"{k}={v:g}" for k, v in g.rewards.items())
+        extra += f" (group {g.group_size}, rewards [{rewards}], kl {g.kl_coef:g})"
     if stage.prompt_fields:
         extra += f" with {', '.join(stage.prompt_fields)}"
     if stage.family_stage:
