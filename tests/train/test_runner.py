@@ -76,6 +76,8 @@ def _tiny_overrides(name: str, data_root: Path, steps: int) -> list[str]:
         ]
         if stage.early_stopping is not None:
             overrides.append(f"stages.{i}.early_stopping=null")
+        if stage.objective == "grpo":  # two answers of four tokens per prompt
+            overrides += [f"stages.{i}.grpo.group_size=2", f"stages.{i}.grpo.max_new_tokens=4"]
     return overrides
 
 
