@@ -20,6 +20,9 @@ QUICK = [
     "stages.msa1.max_steps=1",
     "stages.msa2.max_steps=1",
     "stages.msa3.max_steps=1",
+    "stages.rl.max_steps=1",
+    "stages.rl.grpo.group_size=2",
+    "stages.rl.grpo.max_new_tokens=4",
     "stages.foundation.eval_every=3",
 ]
 
@@ -37,10 +40,11 @@ def test_demo_runs_every_step_and_resumes(tmp_path: Path) -> None:
         f1 = summary[who]["findings_f1"]
         assert f1 is None or 0.0 <= f1 <= 1.0
     assert summary["phantoms"] == 40 and summary["train_seconds"] > 0
-    assert summary["train_steps"] == 2 + 3 + 1 + 1 + 1 + 1
+    assert summary["train_steps"] == 2 + 3 + 1 + 1 + 1 + 1 + 1
     page = (out / "index.html").read_text()
     assert "radixpert demo" in page and "data:image/png;base64," in page
     assert "<polyline" in page  # the training curves
+    assert "Reinforcement stage: rewards" in page and 'data-finding="Pneumothorax"' in page
     for name in ("model", "control"):
         predictions = json.loads((out / "predictions" / f"{name}.json").read_text())
         assert len(predictions["reports"]) == summary["test_studies"]

@@ -138,7 +138,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path, obje
 @pytest.mark.slow
 def test_a_shipped_recipe_runs_under_a_two_process_launch(tmp_path: Path) -> None:
     """`accelerate launch ... -m radixpert train demo`: every stage of the demo recipe (HCF,
-    full training, LoRA 64/32/16) trains in two real processes and writes its bundle."""
+    full training, LoRA 64/32/16, grpo) trains in two real processes and writes its bundle."""
     from radixpert.data.phantoms import generate_phantoms
     from tests.train.test_runner import _tiny_overrides
 
@@ -158,7 +158,7 @@ def test_a_shipped_recipe_runs_under_a_two_process_launch(tmp_path: Path) -> Non
     child = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stderr[-4000:]
     run = json.loads((out / "run.json").read_text())
-    assert len(run["stages"]) == 6 and all(r["steps"] == 2 for r in run["stages"].values())
+    assert len(run["stages"]) == 7 and all(r["steps"] == 2 for r in run["stages"].values())
     assert Path(run["final_bundle"], "radixpert_bundle.json").is_file()
     states = sorted(p.name for p in out.glob("*/train/checkpoints/*/random_states_*.pkl"))
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(states)

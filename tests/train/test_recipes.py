@@ -120,8 +120,11 @@ def test_other_recipes_follow_their_papers(tmp_path: Path) -> None:
     assert demo.model.size == "demo-llava-hcf" and demo.model.connector == "hcf"
     assert [s.name for s in demo.stages][:3] == ["see", "foundation", "alignment"]
     assert set(demo.stages[0].data.tasks) == {"classification"}
-    assert [s.trainability.language_model.rank for s in demo.stages[3:]] == [64, 32, 16]
-    assert [s.optimizer.lr for s in demo.stages[3:]] == [2e-4, 1e-4, 5e-5]
+    assert [s.trainability.language_model.rank for s in demo.stages[3:6]] == [64, 32, 16]
+    assert [s.optimizer.lr for s in demo.stages[3:6]] == [2e-4, 1e-4, 5e-5]
+    rl = demo.stages[6]  # the reinforcement stage after the curriculum
+    assert rl.objective == "grpo" and rl.grpo is not None and rl.grpo.group_size == 8
+    assert set(rl.grpo.rewards) == {"findings-f1", "box-iou", "format"}
     assert all(s.max_steps is not None for s in demo.stages)
 
 

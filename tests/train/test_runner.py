@@ -108,7 +108,7 @@ def test_same_recipe_same_seed_same_model_in_two_processes(data_root: Path, tmp_
 
     losses_a, weights_a = run(tmp_path / "a", "1")
     losses_b, weights_b = run(tmp_path / "b", "2")
-    assert len(losses_a) == 6 and all(len(stage) == 3 for stage in losses_a)
+    assert len(losses_a) == 7 and all(len(stage) == 3 for stage in losses_a)
     assert losses_a == losses_b
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

@@ -287,9 +287,18 @@ def _check_params(name: str, p: dict[str, Any]) -> None:
 
 
 def _draw(
-    seed: int, size: int, spec: dict[str, dict[str, Any]], truth_boxes: list[tuple[str, Any]]
+    seed: int,
+    size: int,
+    spec: dict[str, dict[str, Any]],
+    truth_boxes: list[tuple[str, Any]],
+    min_px: float = 0.0,
+    contrast: float = 1.0,
 ) -> tuple[np.ndarray, float]:
-    """Density image (float32, ~0–1, bright = dense) and the drawn CTR; appends boxes."""
+    """Density image (float32, ~0–1, bright = dense) and the drawn CTR; appends boxes.
+
+    `min_px` and `contrast` are the opt-in conspicuity options of `generate_phantom`; at their
+    defaults (0 and 1) the drawing is exactly the standard one.
+    """
     n = size
     x = ((np.arange(n, dtype=np.float32) + 0.5) / n)[None, :]
     y = ((np.arange(n, dtype=np.float32) + 0.5) / n)[:, None]
@@ -374,6 +383,8 @@ def _draw(
         elif name == "Pneumothorax":
             side_mask = right if p["side"] == "right" else ~right
             g0 = {"small": 0.03, "moderate": 0.055, "large": 0.09}[p["size"]]
+            if min_px > 0:
+                g0 = max(g0, min_px / n)  # the widest gap is at least min_px pixels
             ext = {"small": 0.22, "moderate": 0.4, "large": 0.62}[p["size"]]
             gap = g0 * np.clip(1.25 - (y - 0.1) / ext, 0.0, 1.0)
             s_lat = _ramp(hw - gap - a, w)
@@ -382,11 +393,13 @@ def _draw(
             collapsed = s_lat * s_apex * t_rest * (1.0 - heart)
             space = np.clip(lung - collapsed, 0, 1) * side_mask
             marking_mask *= 1.0 - space
-            lung_air += 0.4 * space  # no lung tissue there: blacker than lung
+            # No lung tissue there: blacker than lung.
+            lung_air += (0.4 if contrast == 1.0 else min(1.0, 0.4 * contrast)) * space
             # The line runs only where the lung has fallen away from the wall (gap > 0).
             edge = 4 * s_lat * (1 - s_lat) * np.clip(gap / (2 * w), 0, 1)
             edge += 4 * s_apex * (1 - s_apex)
-            dens += 0.22 * np.clip(edge, 0, 1) * lung * side_mask  # the visceral pleural line
+            line = 0.22 if contrast == 1.0 else 0.22 * contrast
+            dens += line * np.clip(edge, 0, 1) * lung * side_mask  # the visceral pleural line
             bb = _bbox(space > 0.5, pad=1)
             if bb:
                 truth_boxes.append((name, bb))
@@ -463,6 +476,8 @@ def _draw(
         r = _rng(seed, 2, FINDINGS.index("Lung Lesion"), 1)
         sgn = -1.0 if side == "right" else 1.0
         rad = float(p["diameter_cm"]) / CM_PER_UNIT / 2
+        if min_px > 0:
+            rad = max(rad, min_px / n / 2)  # drawn at least min_px pixels across
         cx = 0.5 + tilt + sgn * (za + r.uniform(-0.03, 0.03))
         cy = zy + r.uniform(-0.03, 0.03)
         m = rad * 1.1 + w
@@ -470,7 +485,8 @@ def _draw(
         lx, ly = x[:, cs] - cx, y[rs] - cy
         dist = np.sqrt(lx**2 + ly**2)
         lobulated = rad * (1 + 0.08 * np.cos(5 * np.arctan2(ly, lx) + r.uniform(0, 6)))
-        dens[rs, cs] += 0.2 * _ramp(lobulated - dist, max(w, 0.15 * rad))
+        nodule = 0.2 if contrast == 1.0 else 0.2 * contrast
+        dens[rs, cs] += nodule * _ramp(lobulated - dist, max(w, 0.15 * rad))
         truth_boxes.append(("Lung Lesion", (cx - m, cy - m, cx + m, cy + m)))
     if "Support Devices" in spec:
         for dev in spec["Support Devices"]["devices"]:
@@ -534,11 +550,15 @@ _DISPLAY_LUT = (np.linspace(0.0, 1.0, 4096) ** 0.85 * 255.0 + 0.5).astype(np.uin
 
 
 def _render(
-    seed: int, size: int, spec: dict[str, dict[str, Any]]
+    seed: int,
+    size: int,
+    spec: dict[str, dict[str, Any]],
+    min_px: float = 0.0,
+    contrast: float = 1.0,
 ) -> tuple[np.ndarray, list[tuple[str, Any]], float]:
     """Pixels (uint8), the drawn (label, 0–1 box) pairs and the drawn CTR."""
     boxes: list[tuple[str, Any]] = []
-    dens, ctr = _draw(seed, size, spec, boxes)
+    dens, ctr = _draw(seed, size, spec, boxes, min_px, contrast)
     noise = _rng(seed, 3)
     img = _blur(dens, 0.8 * size / 256)
     # Uniform noise of the same spread as N(0, 0.012): a quarter of the cost of normal draws,
@@ -823,7 +843,12 @@ def _write_report(
 
 
 def generate_phantom(
-    seed: int, size: int = 256, findings: dict[str, Any] | None = None
+    seed: int,
+    size: int = 256,
+    findings: dict[str, Any] | None = None,
+    *,
+    min_px: float = 0.0,
+    contrast: float = 1.0,
 ) -> tuple[np.ndarray, PhantomTruth]:
     """Draw one phantom chest radiograph and its ground truth.
 
@@ -837,17 +862,28 @@ def generate_phantom(
             "size": "small"|"moderate"|"large"}; Consolidation {"zone", "size"}; Lung Lesion
             {"zone", "diameter_cm"}; Support Devices {"devices": [...] from `DEVICES`}.
             `{}` draws a normal chest. Missing parameters are drawn from the seed.
+        min_px: conspicuity option for small images (default 0: off). Nodules are drawn at
+            least `min_px` pixels across and a pneumothorax's widest pleural gap is at least
+            `min_px` pixels; the report, labels and spec keep the nominal size (a 0.9 cm
+            nodule stays "0.9 cm"), and the boxes follow the drawn size.
+        contrast: conspicuity option (default 1: off): multiplies the density of nodules and
+            masses and the density of a pneumothorax's visceral pleural line and of its
+            darkening of the pleural space (that factor capped at 2.5x, i.e. at 1.0).
+            At the defaults the output is byte-identical to phantoms drawn without them.
 
     Returns:
         (pixels, truth): uint8 array (size, size), bright = dense, and its `PhantomTruth`.
 
     Raises:
-        ValueError: unknown finding or parameter, or a size below 64.
+        ValueError: unknown finding or parameter, a size below 64, a negative `min_px` or a
+            `contrast` not above 0.
     """
     if size < 64:
         raise ValueError(f"size must be at least 64, got {size}")
+    if min_px < 0 or not contrast > 0:
+        raise ValueError(f"min_px must be >= 0 and contrast > 0, got {min_px!r}, {contrast!r}")
     spec = _resolve_findings(seed, findings)
-    pixels, drawn, ctr = _render(seed, size, spec)
+    pixels, drawn, ctr = _render(seed, size, spec, float(min_px), float(contrast))
     boxes = []
     for label, bb in drawn:
         if label.startswith("Support Devices:"):
@@ -908,6 +944,9 @@ def generate_phantoms(
     seed: int = 0,
     fmt: str = "png",
     progress: bool = False,
+    *,
+    min_px: float = 0.0,
+    contrast: float = 1.0,
 ) -> list[Study]:
     """Generate `n` phantoms: `images/phantom-000000.png`, ... and `studies.jsonl` in `out_dir`.
 
@@ -922,6 +961,8 @@ def generate_phantoms(
         seed: set seed; the same seed gives the same files.
         fmt: "png" (lossless) or "jpg".
         progress: report progress on stderr about once a second.
+        min_px, contrast: the opt-in conspicuity options of `generate_phantom` (defaults: off,
+            the standard drawing); when set they are recorded in each Study's `extra`.
 
     Returns:
         The Studies, as written to `out_dir/studies.jsonl` (image paths relative to out_dir).
@@ -940,7 +981,7 @@ def generate_phantoms(
     for i in range(n):
         sid = f"phantom-{i:06d}"
         ps = phantom_seed(seed, i)
-        pixels, truth = generate_phantom(ps, size)
+        pixels, truth = generate_phantom(ps, size, min_px=min_px, contrast=contrast)
         rel = f"images/{sid}.{fmt}"
         data = _encode(pixels, fmt)
         path = out / rel
@@ -970,6 +1011,8 @@ def generate_phantoms(
                     "ctr": truth.ctr,
                     "spec": truth.spec,
                     "sha256": digest,
+                    **({"min_px": min_px} if min_px else {}),
+                    **({"contrast": contrast} if contrast != 1.0 else {}),
                 },
             )
         )

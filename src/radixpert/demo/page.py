@@ -247,6 +247,27 @@ def _metric_table(summary: Mapping[str, Any]) -> str:
     return f'<table class="metrics">{head}{"".join(rows)}</table>'
 
 
+def _finding_table(summary: Mapping[str, Any]) -> str:
+    """F1 of the reports and AP@0.5 of the grounding answers, per finding, both models."""
+    model, control = summary.get("model") or {}, summary.get("control") or {}
+    names = sorted(
+        {k.split("/", 1)[1] for k in (*model, *control) if k.startswith(("f1/", "ap50/"))}
+    )
+    rows = []
+    for name in names:
+        cells = "".join(
+            f"<td>{_fmt(side.get(f'{kind}/{name}'))}</td>"
+            for kind in ("f1", "ap50")
+            for side in (model, control)
+        )
+        rows.append(f'<tr data-finding="{escape(name)}"><th>{escape(name)}</th>{cells}</tr>')
+    head = (
+        "<tr><th>finding</th><th>report F1, model</th><th>report F1, control</th>"
+        "<th>AP@0.5, model</th><th>AP@0.5, control</th></tr>"
+    )
+    return f'<table class="metrics">{head}{"".join(rows)}</table>'
+
+
 def _run_table(summary: Mapping[str, Any]) -> str:
     rows = []
     for k, v in summary.items():
@@ -366,6 +387,7 @@ def write_page(
     samples: Sequence[Sample],
     curves: Mapping[str, Sequence[tuple[int, float]]],
     notes: Sequence[str] = (),
+    reward_curves: Mapping[str, Sequence[tuple[int, float]]] | None = None,
 ) -> Path:
     """Write the demo's report page to `path`, atomically (temporary file + `os.replace`).
 
@@ -378,6 +400,8 @@ def write_page(
         samples: the studies to show, one card each.
         curves: series name -> (global_step, loss) points, drawn in one line chart.
         notes: paragraphs shown under the title.
+        reward_curves: series name -> (global_step, reward) points of a reinforcement
+            (``grpo``) stage, drawn in a chart of their own when given.
 
     Returns:
         `path`.
@@ -396,7 +420,10 @@ def write_page(
     body = [f"<h1>{escape(title)}</h1>"]
     body += [f'<p class="note">{escape(n)}</p>' for n in notes]
     body += ["<h2>Metrics</h2>", _metric_table(summary), _run_table(summary)]
+    body += ["<h2>Per finding: model against control</h2>", _finding_table(summary)]
     body += ["<h2>Loss curves</h2>", line_chart_svg(curves)]
+    if reward_curves and any(reward_curves.values()):
+        body += ["<h2>Reinforcement stage: rewards</h2>", line_chart_svg(reward_curves)]
     body += [
         f"<h2>Samples ({len(samples)})</h2>",
         '<p><span class="legend-true">true boxes (solid)</span> &nbsp; '
