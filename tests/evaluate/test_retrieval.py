@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from radixpert.errors import InputError
 from radixpert.leaderboard.retrieval import (
@@ -445,13 +446,20 @@ def test_the_head_of_a_real_contrastive_stage_is_found(tmp_path: Path) -> None:
         recipe, tmp_path / "run", only=["contrastive"], log_with=(), progress=False
     )
     bundle = Path(summary["final_bundle"])
-    assert not (bundle / HEAD_FILE).exists()
+    assert (bundle / HEAD_FILE).is_file()  # the stage's bundle carries its head
     results = retrieval_scores(
         bundle, tmp_path / "phantoms" / "studies.jsonl", "train", device="cpu", bootstrap=20
     )
-    assert results["model"]["head"] == str(
+    assert results["model"]["head"] == str(bundle / HEAD_FILE)
+    # The saved head is the one of the stage's last checkpoint (accelerate's model_1).
+    from safetensors.torch import load_file
+
+    saved = load_file(bundle / HEAD_FILE)
+    last = load_file(
         bundle.parent / "train" / "checkpoints" / "step-000003" / "model_1.safetensors"
     )
+    assert set(saved) == {k.removeprefix("module.") for k in last}
+    assert all(torch.equal(saved[k.removeprefix("module.")], v) for k, v in last.items())
     n = results["data"]["pairs"]
     assert n == len(results["ids"]) and results["image_to_report"]["gallery_size"] == n
     assert 1 <= results["report_to_image"]["mean_rank"]["value"] <= n

@@ -73,14 +73,13 @@ from radixpert.errors import ImageError, InputError, UsageError
 from radixpert.evaluate.base import package_versions, progress, resolve_device, show_progress
 from radixpert.evaluate.runner import write_results
 from radixpert.evaluate.stats import bootstrap_replicates, percentile_interval
+from radixpert.train.contrastive import HEAD_FILE  # the head a contrastive stage's bundle holds
 
 logger = logging.getLogger(__name__)
 
 VERSION = 1
 """Version of the retrieval task's protocol; results of one version compare."""
 
-HEAD_FILE = "contrastive_head.safetensors"
-"""A bundle's contrastive head (``ContrastiveHead.state_dict()``), when the run saved it."""
 
 DUPLICATES = ("exact-text", "none")
 TIES = ("pessimistic", "optimistic")

@@ -47,6 +47,8 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 MAX_LOGIT_SCALE = math.log(100.0)
+HEAD_FILE = "contrastive_head.safetensors"
+"""The contrastive head (``ContrastiveHead.state_dict()``) that the stage's bundle carries."""
 """Upper bound on ``logit_scale`` (the scale itself is at most 100), as in CLIP / open_clip."""
 
 
@@ -487,6 +489,7 @@ def retrieval_accuracy(model: Any, head: ContrastiveHead, batch: Mapping[str, Te
 
 
 __all__ = [
+    "HEAD_FILE",
     "MAX_LOGIT_SCALE",
     "ContrastiveHead",
     "LanguageModelTextHead",

@@ -576,6 +576,8 @@ class StageTrainer:
             return
         if stopper.update(self.validation, self.step) and self.main:
             save_tensors(trainable_state(self.model), self.out / BEST_FILE)
+            for i, module in enumerate(self.objective.modules()):  # a head goes with its tower
+                save_tensors(trainable_state(module), self.out / f"best_objective_{i}.safetensors")
         self.accelerator.wait_for_everyone()
         if stopper.stop:
             self.stopped = True
@@ -612,6 +614,10 @@ class StageTrainer:
             best_path = self.out / BEST_FILE
             if best_path.is_file() and stopper.best_step != self.step:
                 load_trainable(self.model, best_path)
+                for i, module in enumerate(self.objective.modules()):
+                    saved = self.out / f"best_objective_{i}.safetensors"
+                    if saved.is_file():
+                        load_trainable(module, saved)
                 logger.info(
                     "stage %s: restored the best weights (step %s)",
                     self.stage.name,
@@ -628,6 +634,7 @@ class StageTrainer:
             "best": best,
             "validation": self.validation,
             "model": self.accelerator.unwrap_model(self.model),
+            "objective_modules": self.objective.modules(),
         }
 
 
@@ -694,7 +701,8 @@ def train_stage(
         optimiser steps done in total), ``losses`` (this call's per-step losses),
         ``resumed_from`` (the step resumed at, 0 for a fresh start), ``stopped_early``,
         ``best`` (early stopping's best value and step, or None), ``validation`` (the last
-        validation metrics) and ``model`` (the trained model, unwrapped from accelerate).
+        validation metrics), ``model`` (the trained model, unwrapped from accelerate) and
+        ``objective_modules`` (what the objective trained beside it: the contrastive head).
 
     Raises:
         ValueError: On an empty data set, a stage objective this loop cannot train or a

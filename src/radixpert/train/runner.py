@@ -184,6 +184,16 @@ def _precision(model: Any, stage: Stage) -> Any:
     return model
 
 
+def _save_head(head: Any, bundle: Path) -> None:
+    """The contrastive stage's head (``ContrastiveHead.state_dict()``) in the bundle, where
+    ``evaluate --retrieval`` looks for it first (``radixpert.train.contrastive.HEAD_FILE``)."""
+    from radixpert.train.checkpoint import save_tensors
+    from radixpert.train.contrastive import HEAD_FILE
+
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in head.state_dict().items()}
+    save_tensors(state, bundle / HEAD_FILE)
+
+
 def apply_stage(model: Any, stage: Stage) -> Any:
     """Sets what trains in ``stage``, moving on from the model's adapter (see the module doc)."""
     from radixpert.models.trainability import apply_trainability, next_stage
@@ -353,9 +363,12 @@ def run_recipe(
             global_step_offset=offset,
         )
         model = result.pop("model")
+        extra = result.pop("objective_modules", [])
         bundle = folder / BUNDLE_DIR
         if state.is_main_process:
             save_bundle(model, processor, bundle, recipe=dataclasses.asdict(recipe))
+            if stage.objective == "contrastive" and extra:
+                _save_head(extra[0], bundle)
         state.wait_for_everyone()
         result.update(
             stage=stage.name,
