@@ -223,10 +223,9 @@ def _score(predictions: dict[str, Any], studies: Sequence[Any]) -> dict[str, flo
     return scores
 
 
-def _reward_curves(run_dir: Path, label: str) -> dict[str, list[tuple[int, float]]]:
-    """Mean reward of the grpo stages' steps and of their greedy validation answers."""
-    curves: dict[str, list[tuple[int, float]]] = {}
-    offset = 0
+def _logged_rows(run_dir: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Every ``metrics.jsonl`` row of a run's stages with its global step (stages in order)."""
+    rows, offset = [], 0
     for stage_folder in sorted(p for p in run_dir.glob("[0-9][0-9]-*") if p.is_dir()):
         metrics = stage_folder / "train" / "metrics.jsonl"
         last = 0
@@ -234,30 +233,29 @@ def _reward_curves(run_dir: Path, label: str) -> dict[str, list[tuple[int, float
             for line in metrics.read_text(encoding="utf-8").splitlines():
                 row = json.loads(line)
                 last = max(last, int(row["step"]))
-                for key, value in row.items():
-                    if key in ("reward", "val_reward", "reward/findings-f1"):
-                        name = f"{label} {key}"
-                        curves.setdefault(name, []).append((offset + row["step"], float(value)))
+                rows.append((offset + int(row["step"]), row))
         offset += last
+    return rows
+
+
+def _reward_curves(run_dir: Path, label: str) -> dict[str, list[tuple[int, float]]]:
+    """Mean reward of the grpo stages' steps and of their greedy validation answers."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for step, row in _logged_rows(run_dir):
+        for key in ("reward", "reward/findings-f1", "val_reward"):
+            if key in row:
+                curves.setdefault(f"{label} {key}", []).append((step, float(row[key])))
     return curves
 
 
 def _curves(run_dir: Path, label: str) -> dict[str, list[tuple[int, float]]]:
     """Training and validation loss of every stage, on one global step axis."""
     train, val = [], []
-    offset = 0
-    for stage_folder in sorted(p for p in run_dir.glob("[0-9][0-9]-*") if p.is_dir()):
-        metrics = stage_folder / "train" / "metrics.jsonl"
-        last = 0
-        if metrics.is_file():
-            for line in metrics.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                last = max(last, int(row["step"]))
-                if row["kind"] == "train":
-                    train.append((offset + row["step"], float(row["loss"])))
-                elif row["kind"] == "validation" and "val_loss" in row:
-                    val.append((offset + row["step"], float(row["val_loss"])))
-        offset += last
+    for step, row in _logged_rows(run_dir):
+        if row["kind"] == "train":
+            train.append((step, float(row["loss"])))
+        elif row["kind"] == "validation" and "val_loss" in row:
+            val.append((step, float(row["val_loss"])))
     return {f"{label} train loss": train, f"{label} validation loss": val}
 
 

@@ -64,13 +64,17 @@ def _prompt(turns: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     return prompt_turns(turns)
 
 
-class GroupPrompts:
-    """Training batch builder: each example's prompt alone (no padding) and its sample seed."""
+class _PromptBuilder:
+    """A batch builder of the prompts (turns up to the last human turn) of a micro-batch."""
 
     takes_keys = True
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
+
+
+class GroupPrompts(_PromptBuilder):
+    """Training batch builder: each example's prompt alone (no padding) and its sample seed."""
 
     def __call__(
         self,
@@ -81,8 +85,8 @@ class GroupPrompts:
     ) -> dict[str, Any]:
         examples = []
         for paths, conv in zip(images, turns):
-            encoded = self.processor([list(paths)] if paths else None, [_prompt(conv)],
-                                     add_generation_prompt=True)  # fmt: skip
+            one = [list(paths)] if paths else None
+            encoded = self.processor(one, [_prompt(conv)], add_generation_prompt=True)
             encoded.pop("labels", None)
             examples.append(encoded)
         return {
@@ -92,13 +96,8 @@ class GroupPrompts:
         }
 
 
-class BatchedPrompts:
+class BatchedPrompts(_PromptBuilder):
     """Validation batch builder: the prompts left-padded into one batch, for greedy decoding."""
-
-    takes_keys = True
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
 
     def __call__(
         self,
@@ -107,11 +106,8 @@ class BatchedPrompts:
         keys: Sequence[tuple[int, str]] = (),
         seed: int = 0,
     ) -> dict[str, Any]:
-        batch = self.processor(
-            [list(p) for p in images] if any(images) else None,
-            [_prompt(t) for t in turns],
-            add_generation_prompt=True,
-        )
+        everyone = [list(p) for p in images] if any(images) else None
+        batch = self.processor(everyone, [_prompt(t) for t in turns], add_generation_prompt=True)
         batch.pop("labels", None)
         batch["index"] = torch.tensor([i for i, _ in keys], dtype=torch.long)
         return batch
