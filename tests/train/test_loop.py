@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 import torch
 
-from radixpert.train.loop import latest_checkpoint, length_grouped_batches, train_stage
+from radixpert.train.loop import (
+    latest_checkpoint,
+    length_grouped_batches,
+    log_interval,
+    train_stage,
+)
 from radixpert.train.recipe import (
     ComponentTraining,
     DataMixture,
@@ -205,3 +210,10 @@ def test_loss_decreases_on_a_fixed_batch(data_root: Path, tmp_path: Path) -> Non
     assert result["steps"] == 40 and len(losses) == 40
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_log_interval_gives_a_short_stage_about_fifty_records():
+    # explicit values are kept; the default is every 10 steps, more often below 500 steps
+    assert log_interval(7, 24) == 7
+    assert log_interval(0, 24) == 1
+    assert [log_interval(None, n) for n in (24, 60, 250, 500, 3600)] == [1, 1, 5, 10, 10]

@@ -423,7 +423,10 @@ def write_page(
     body += ["<h2>Per finding: model against control</h2>", _finding_table(summary)]
     body += ["<h2>Loss curves</h2>", line_chart_svg(curves)]
     if reward_curves and any(reward_curves.values()):
-        body += ["<h2>Reinforcement stage: rewards</h2>", line_chart_svg(reward_curves)]
+        body += [
+            "<h2>Reinforcement stage: rewards</h2>",
+            line_chart_svg(reward_curves, y_label="reward"),
+        ]
     body += [
         f"<h2>Samples ({len(samples)})</h2>",
         '<p><span class="legend-true">true boxes (solid)</span> &nbsp; '

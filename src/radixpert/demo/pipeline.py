@@ -45,10 +45,11 @@ __all__ = ["DEFAULT_PHANTOMS", "run_demo"]
 
 DEFAULT_PHANTOMS = 6000
 IMAGE_SIZE = 64
-# Conspicuity at 64 px (benchmarks/demo_vision_probe.py, docs/benchmarks.md): nodules at least
-# 4 px across, a pneumothorax's gap at least 4 px, their densities doubled. With them the demo's
-# tower classifies every finding at F1 >= 0.83 in 75 s of one core (nodules 0.00 -> 0.86).
-PHANTOM_OPTIONS = {"min_px": 4.0, "contrast": 2.0}
+# The phantoms' opt-in conspicuity options (``generate_phantoms``' min_px, contrast). Off: with
+# nodules >= 4 px and doubled densities the tower alone classifies every finding at F1 >= 0.83
+# (benchmarks/demo_vision_probe.py), but the whole demo reported fewer findings (F1 0.37
+# against 0.39-0.62, devices 0.54 against 0.64-0.95; docs/benchmarks.md).
+PHANTOM_OPTIONS: dict[str, float] = {}
 SAMPLES_ON_PAGE = 8
 INSTRUCT_TASKS = {"report": 1.0, "classification": 1.0, "grounding-abnormality": 1.0}
 

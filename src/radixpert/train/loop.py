@@ -107,6 +107,14 @@ METRICS_FILE = "metrics.jsonl"
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
+def log_interval(log_every: int | None, steps: int) -> int:
+    """Steps between records: ``log_every`` if given, else 10, or fewer in a stage shorter
+    than 500 steps (about 50 records per stage)."""
+    if log_every is not None:
+        return max(1, log_every)
+    return max(1, min(10, steps // 50))
+
+
 def total_steps(stage: Stage, n_batches: int, max_steps: int | None = None) -> int:
     """Optimiser steps of the stage: ``max_steps`` if given, else the stage's own length.
 
@@ -209,7 +217,7 @@ class TrainOptions:
     resume: bool = True
     image_root: str | Path = Path(".")
     seed: int = 0
-    log_every: int = 10
+    log_every: int | None = None
     max_steps: int | None = None
     component_prefixes: Mapping[str, Prefix] = dataclasses.field(
         default_factory=lambda: LLAVA_COMPONENTS
@@ -429,6 +437,7 @@ class StageTrainer:
             unit="step",
             dynamic_ncols=True,
         )
+        every = log_interval(options.log_every, self.steps_total)
         self.model.train()
         self._tick, self._seen, self._seen_tokens = time.perf_counter(), 0, 0
         while self.step < self.steps_total and not self.stopped:
@@ -436,7 +445,7 @@ class StageTrainer:
             self.losses.append(self.last_loss)
             bar.update(1)
             last = self.step == self.steps_total
-            if self.step % max(1, options.log_every) == 0 or last:
+            if self.step % every == 0 or last:
                 self._log_step()
             shown = {k: f"{v:.4f}" for k, v in self.objective.bar_values().items()}
             bar.set_postfix(loss=f"{self.last_loss:.4f}", **shown, refresh=False)
@@ -648,7 +657,7 @@ def train_stage(
     resume: bool = True,
     image_root: str | Path = Path("."),
     seed: int = 0,
-    log_every: int = 10,
+    log_every: int | None = None,
     max_steps: int | None = None,
     component_prefixes: Mapping[str, Prefix] = LLAVA_COMPONENTS,
     keep_checkpoints: int = 2,
@@ -676,7 +685,9 @@ def train_stage(
         resume: Continue from the checkpoint in ``out_dir`` if there is one.
         image_root: Folder relative image paths are relative to.
         seed: Seed of the batch order and of the RNGs at a fresh start.
-        log_every: Steps between loss log lines and metric records.
+        log_every: Steps between loss log lines and metric records; None: every 10 steps,
+            or more often in a short stage, so that each stage has about 50 records
+            (``log_interval``: a 24-step reinforcement stage logs every step).
         max_steps: Overrides the stage's length (the schedule follows it).
         component_prefixes: Module prefixes of the components (``LLAVA_COMPONENTS``).
         keep_checkpoints: How many newest checkpoints to keep.
