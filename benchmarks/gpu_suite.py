@@ -275,13 +275,27 @@ def freed(*objects: Any) -> None:
         torch.cuda.empty_cache()
 
 
-@contextlib.contextmanager
-def fits() -> Iterator[None]:
-    """Turns the device's out-of-memory error into ``DoesNotFit``."""
-    try:
-        yield
-    except torch.OutOfMemoryError as err:
-        raise DoesNotFit(str(err).splitlines()[0]) from None
+class Fits:
+    """Swallows the device's out-of-memory error inside the block; ``check()`` after it raises
+    ``DoesNotFit``. Raised outside the ``with``, it holds neither the error nor its traceback,
+    whose frames hold the step's activations, so their memory is free for the next setting."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+
+    def __enter__(self) -> Fits:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+        if isinstance(error, torch.OutOfMemoryError):
+            self.error = str(error).splitlines()[0]
+            return True
+        return False
+
+    def check(self) -> None:
+        if self.error is not None:
+            freed()
+            raise DoesNotFit(self.error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,18 +399,20 @@ def train_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None]) 
         nonlocal model
         trained = _trainable(model, stage_for(case, 1, False), prefixes, False)
         try:
-            with fits():
-                return step_flops(trained, _moved(make(pool[:1]), device), loss_of)
+            with Fits() as guard:
+                flops = step_flops(trained, _moved(make(pool[:1]), device), loss_of)
         finally:
             model = _untrained(trained)
             freed()
+        guard.check()
+        return flops
 
     def run(batch_size: int, checkpointing: bool) -> dict[str, Any]:
         nonlocal model
         stage = stage_for(case, batch_size, checkpointing)
         trained = optimizer = None
         try:
-            with fits():
+            with Fits() as guard:
                 trained = _trainable(model, stage, prefixes, checkpointing)
                 optimizer = build_optimizer(trained, stage, prefixes)
                 lengths = [text_tokens(processor, e) for e in pool[:batch_size]]
@@ -421,6 +437,7 @@ def train_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None]) 
                 model = _untrained(trained)
             trained = None
             freed()
+        guard.check()
         batch = make(pool[:batch_size])
         tokens = int(batch["attention_mask"].sum()) + _image_tokens(processor, batch_size)
         row = _rates(batch_size, tokens, seconds, ctx["flops"].get(case.name), ctx)
@@ -523,7 +540,7 @@ def trainer_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None]
         clock = Clock()
         wrapped = None
         try:
-            with fits():
+            with Fits() as guard:
                 wrapped = get_peft_model(model, config)
                 for name, param in unwrap(wrapped).named_parameters():  # the connector in full
                     if _in(name, prefixes["connector"]):
@@ -552,6 +569,7 @@ def trainer_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None]
                 model = _untrained(wrapped)
             wrapped = None
             freed()
+        guard.check()
         steady = clock.ends[settings.warmup :]
         seconds = statistics.median(b - a for a, b in itertools.pairwise(steady))
         batch = collate(processor)(pool[:batch_size])
@@ -603,8 +621,9 @@ def generate_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None
             kwargs = {"cache_implementation": "static"} if cache == "static" else {}
             try:
                 gen.check_decoding(model, processor, kwargs)
-                with fits():
+                with Fits() as guard:
                     seconds = timed(batch_size, **kwargs)
+                guard.check()
             except (ValueError, DoesNotFit) as err:
                 rows.append({"case": case.name, "mode": "batched", "batch": batch_size,
                              "cache": cache, "error": str(err).splitlines()[0][:200]})  # fmt: skip

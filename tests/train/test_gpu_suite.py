@@ -128,3 +128,17 @@ def test_dry_run_measures_every_path_at_tiny_size(suite, tmp_path, capsys):
     assert capsys.readouterr().out.endswith(table)  # printed last
     assert "| llava-7b-full | 2 | on |" in table and "| loop | 1 | dynamic |" in table
     assert result["environment"]["torch"] == torch.__version__
+
+
+def test_out_of_memory_becomes_does_not_fit_without_holding_the_error(suite):
+    with suite.Fits() as guard:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB\nmore")
+    with pytest.raises(suite.DoesNotFit, match=r"Tried to allocate 9\.00 GiB$") as err:
+        guard.check()
+    # raised outside the block: the out-of-memory error (and the step's frames) is let go
+    assert err.value.__context__ is None
+    with suite.Fits() as fine:
+        pass
+    fine.check()  # nothing raised
+    with pytest.raises(ValueError), suite.Fits():  # other errors pass through
+        raise ValueError("not memory")
