@@ -47,8 +47,8 @@ DEFAULT_PHANTOMS = 6000
 IMAGE_SIZE = 64
 # The phantoms' opt-in conspicuity options (``generate_phantoms``' min_px, contrast). Off: with
 # nodules >= 4 px and doubled densities the tower alone classifies every finding at F1 >= 0.83
-# (benchmarks/demo_vision_probe.py), but the whole demo did no better with them (F1 0.37 and
-# 0.34 in two runs, 0.64 without them at the same budget; docs/benchmarks.md).
+# (benchmarks/demo_vision_probe.py), but the whole demo did no better with them: F1 0.37 with
+# them against 0.64 without, same recipe, one run each (docs/benchmarks.md).
 PHANTOM_OPTIONS: dict[str, float] = {}
 SAMPLES_ON_PAGE = 8
 INSTRUCT_TASKS = {"report": 1.0, "classification": 1.0, "grounding-abnormality": 1.0}
