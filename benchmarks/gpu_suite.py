@@ -268,8 +268,8 @@ def set_attention(model: Any, attn: str | None) -> None:
         model.set_attn_implementation(attn)
 
 
-def freed(*objects: Any) -> None:
-    del objects
+def freed() -> None:
+    """Collects what was let go and returns the cached device memory."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -374,7 +374,7 @@ def train_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None]) 
     from accelerate import Accelerator
 
     from radixpert.models.families import components_of
-    from radixpert.train.loop import build_optimizer
+    from radixpert.train.loop import _moved, build_optimizer
     from radixpert.train.objectives import LanguageModelObjective
     from radixpert.train.plan import estimate_memory
 
@@ -449,21 +449,17 @@ def train_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None]) 
     except DoesNotFit as err:
         logger.warning("%s: FLOPs not counted (%s)", case.name, err)
     sweep(case, run, record)
-    freed(model)
+    model = None  # the closures share it: let the model go before the next case
+    freed()
 
 
 def _trainable(model: Any, stage: Any, prefixes: Any, checkpointing: bool) -> Any:
-    from radixpert.models.families import unwrap
     from radixpert.models.trainability import apply_trainability
+    from radixpert.train.loop import enable_activation_checkpointing
 
     trained = apply_trainability(model, stage.component_specs(), prefixes)
-    base = unwrap(trained)
-    if checkpointing:  # as the stage trainer sets it (transformers 5's name, non-reentrant)
-        base.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False}
-        )
-        if hasattr(base, "enable_input_require_grads"):
-            base.enable_input_require_grads()
+    if checkpointing:  # as the stage trainer sets it
+        enable_activation_checkpointing(trained)
     trained.train()
     return trained
 
@@ -480,10 +476,6 @@ def _untrained(trained: Any) -> Any:
         param.requires_grad_(False)
         param.grad = None
     return model.to(compute_dtype(next(model.parameters()).device))
-
-
-def _moved(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _image_tokens(processor: Any, batch_size: int) -> int:
@@ -512,7 +504,7 @@ def trainer_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None]
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from radixpert.models.families import components_of, unwrap
-    from radixpert.models.trainability import lora_target_regex
+    from radixpert.models.trainability import _component_of, lora_target_regex
 
     settings, device = ctx["settings"], ctx["device"]
     model, processor = build(case, device, ctx["texts"], ctx["out"])
@@ -543,7 +535,7 @@ def trainer_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None]
             with Fits() as guard:
                 wrapped = get_peft_model(model, config)
                 for name, param in unwrap(wrapped).named_parameters():  # the connector in full
-                    if _in(name, prefixes["connector"]):
+                    if _component_of(name, prefixes) == "connector":
                         param.requires_grad_(True)
                 args = TrainingArguments(
                     output_dir=str(ctx["out"] / "trainer"),
@@ -580,11 +572,8 @@ def trainer_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None]
         return row
 
     sweep(case, run, record)
-    freed(model)
-
-
-def _in(name: str, prefix: Any) -> bool:
-    return bool(prefix.match(name)) if hasattr(prefix, "match") else name.startswith(prefix)
+    model = None  # the closures share it: let the model go before the next case
+    freed()
 
 
 def generate_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None]) -> None:
@@ -635,7 +624,8 @@ def generate_case(case: Case, ctx: dict[str, Any], record: Callable[[dict], None
             row.update(samples_per_s=n / row["seconds"], tokens_per_s=n * tokens / row["seconds"],
                        speedup=loop / row["seconds"], peak_gib=peak_gib(device))  # fmt: skip
         record(row)
-    freed(model)
+    model = None  # let the model go before the next case
+    freed()
 
 
 RUNNERS = {"train": train_case, "trainer": trainer_case, "generate": generate_case}

@@ -25,7 +25,8 @@ def main() -> None:
     from radixpert.data.phantoms import FINDINGS
     from radixpert.data.study import read_studies
     from radixpert.demo.scoring import predicted_findings
-    from radixpert.infer.generate import generate_batch
+    from radixpert.infer.generate import generate_batch, prompt_turns
+    from radixpert.instruct.conversation import images_and_turns
     from radixpert.instruct.tasks import ReportTask
     from radixpert.models.bundle import load_bundle
 
@@ -54,11 +55,10 @@ def main() -> None:
         if not conversations:  # no findings section to write
             continue
         used += 1
-        conv = conversations[0]
-        image = [str(data.parent / p) for p in ([conv.image] if isinstance(conv.image, str)
-                                                else conv.image)]  # fmt: skip
+        paths, turns = images_and_turns(conversations[0])
+        image = [str(data.parent / path) for path in paths]
         texts = generate_batch(
-            model, processor, [image] * args.group, [[conv.conversations[0]]] * args.group,
+            model, processor, [image] * args.group, [prompt_turns(turns)] * args.group,
             max_new_tokens=args.max_new_tokens, do_sample=True,
             temperature=args.temperature, top_p=1.0,
         )  # fmt: skip

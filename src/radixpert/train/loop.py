@@ -115,6 +115,26 @@ def log_interval(log_every: int | None, steps: int) -> int:
     return max(1, min(10, steps // 50))
 
 
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recomputes activations in the backward pass, non-reentrant (which works with DDP's
+    search for unused parameters), as a stage with ``gradient_checkpointing`` trains.
+
+    Raises:
+        ValueError: The model supports no checkpointing.
+    """
+    base = _unwrap(model)
+    # transformers 5 calls it activation checkpointing; the old name still works but warns.
+    settings = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=settings)
+    elif hasattr(base, "gradient_checkpointing_enable"):
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
+    else:
+        raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
+    if hasattr(base, "enable_input_require_grads"):
+        base.enable_input_require_grads()
+
+
 def total_steps(stage: Stage, n_batches: int, max_steps: int | None = None) -> int:
     """Optimiser steps of the stage: ``max_steps`` if given, else the stage's own length.
 
@@ -295,18 +315,7 @@ class StageTrainer:
                 model, stage.component_specs(), self.options.component_prefixes
             )
         if stage.gradient_checkpointing:
-            base = _unwrap(model)
-            # transformers 5 calls it activation checkpointing; the old name still works but
-            # warns.
-            settings = {"use_reentrant": False}
-            if hasattr(base, "activation_checkpointing_enable"):
-                base.activation_checkpointing_enable(activation_checkpointing_kwargs=settings)
-            elif hasattr(base, "gradient_checkpointing_enable"):
-                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
-            else:
-                raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
-            if hasattr(base, "enable_input_require_grads"):
-                base.enable_input_require_grads()
+            enable_activation_checkpointing(model)
         self.model = model
 
     def _setup_accelerator(self) -> None:
