@@ -67,7 +67,8 @@ def test_grpo_raises_its_reward(data_root: Path, tmp_path: Path) -> None:
         save_every=None,
     )
     result = train_stage(model, processor, convs, stage, tmp_path / "run", image_root=data_root
-                         / "phantoms", log_every=1, progress=False)  # fmt: skip
+                         / "phantoms", log_every=1, progress=False,
+                         val_conversations=convs[:4])  # fmt: skip
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     rewards = [r["reward"] for r in rows if r["kind"] == "train"]
     assert len(rewards) == 20 and result["steps"] == 20
@@ -78,6 +79,14 @@ def test_grpo_raises_its_reward(data_root: Path, tmp_path: Path) -> None:
                 "guard/repetition", "guard/too_long", "guard/penalty",
                 "reward/tests.train.test_grpo:vowels"):  # fmt: skip
         assert key in row
+    # validation: greedy answers; the total is the one reward minus the guards' penalty
+    val = [r for r in rows if r["kind"] == "validation"][-1]
+    assert val["step"] == 20
+    assert val["val_reward"] == pytest.approx(
+        val["val_reward/tests.train.test_grpo:vowels"] - val["val_guard/penalty"], abs=1e-6
+    )
+    for key in ("val_guard/truncated", "val_guard/repetition", "val_guard/too_long"):
+        assert 0.0 <= val[key] <= 1.0
 
 
 def _tiny_family(family: str) -> tuple[Any, Any, list[Any]]:

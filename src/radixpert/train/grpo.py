@@ -45,7 +45,7 @@ import torch
 from radixpert.errors import UsageError
 from radixpert.train.objectives import BatchLoss, Objective
 from radixpert.train.recipe import GRPOSettings, Stage
-from radixpert.train.rewards import RewardExample, Rewards
+from radixpert.train.rewards import GUARDS, RewardExample, Rewards
 
 __all__ = ["BatchedPrompts", "GRPOObjective", "GroupPrompts", "sample_seed"]
 
@@ -360,7 +360,7 @@ class GRPOObjective(Objective):
     def _stat_names(self) -> list[str]:
         names = ["reward", "reward_std", "kl", "answer_tokens", "flat_groups"]
         names += [f"reward/{k}" for k in sorted(self.settings.rewards)]
-        names += [f"guard/{k}" for k in ("too_long", "truncated", "repetition", "penalty")]
+        names += [f"guard/{k}" for k in GUARDS]
         return names
 
     def _note(self, scored: Any, rewards: torch.Tensor, spread: torch.Tensor, kl: torch.Tensor,
@@ -416,11 +416,13 @@ class GRPOObjective(Objective):
     def validate(
         self, model: Any, batches: Iterable[Mapping[str, Any]], accelerator: Any
     ) -> dict[str, float]:
-        """Greedy answers to the held-out prompts: mean total reward and each component."""
+        """Greedy answers to the held-out prompts: mean total reward (after the guards'
+        penalty), each component and each guard."""
         assert self.rewards is not None
         inner = _inner(model)
         param = next(inner.parameters())
         names = ["reward", *(f"reward/{k}" for k in sorted(self.settings.rewards))]
+        names += [f"guard/{k}" for k in GUARDS]
         sums = dict.fromkeys(names, 0.0)
         counts = dict.fromkeys(names, 0.0)
         for batch in batches:
@@ -447,6 +449,9 @@ class GRPOObjective(Objective):
                 known = [v for v in values if not math.isnan(v)]
                 sums[f"reward/{name}"] += sum(known)
                 counts[f"reward/{name}"] += len(known)
+            for name in GUARDS:
+                sums[f"guard/{name}"] += sum(scored.guards[name])
+                counts[f"guard/{name}"] += len(scored.guards[name])
         flat = [sums[k] for k in names] + [counts[k] for k in names]
         total = accelerator.reduce(torch.tensor(flat, device=accelerator.device), "sum").tolist()
         half = len(names)

@@ -51,6 +51,7 @@ from typing import Any
 from radixpert.errors import UnknownName, UsageError
 
 __all__ = [
+    "GUARDS",
     "REPORT_TASKS",
     "REWARD_NAMES",
     "RewardExample",
@@ -96,6 +97,10 @@ def check_reward_names(rewards: Mapping[str, float]) -> None:
                 f"rewards.{name}: unknown reward; known: {', '.join(known)}, or a "
                 "'module:function' of your own"
             )
+
+
+GUARDS = ("too_long", "truncated", "repetition", "penalty")
+"""The guards' logged values per answer (``Rewards.guards``): ``penalty`` is their weighted sum."""
 
 
 @dataclass(frozen=True)
@@ -336,8 +341,7 @@ class Rewards:
     ) -> dict[str, list[float]]:
         """Per answer: ``too_long``, ``truncated``, ``repetition`` and the total ``penalty``."""
         s = self.settings
-        out: dict[str, list[float]] = {"too_long": [], "truncated": [], "repetition": []}
-        out["penalty"] = []
+        out: dict[str, list[float]] = {name: [] for name in GUARDS}
         for example, answer, cut in zip(examples, answers, truncated):
             allowed = s.max_length_ratio * max(1, len(_words(example.reference)))
             excess = max(0.0, len(_words(answer)) - allowed) / allowed
